@@ -1,0 +1,3 @@
+//! The embedded local model: GGUF files, the tokenizer built from their
+//! metadata, and (later) the Gemma 3 forward pass. This crate never sees a
+//! task file: it deals in text, token ids and tensors only.
