@@ -1,0 +1,247 @@
+//! The commands: argument structs and the glue from them to the libraries.
+
+use crate::output::{self, Format};
+use crate::progress::ProgressSink;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tunegate_core::{InputError, Task};
+use tunegate_run::{RunError, RunOptions, Sink};
+use tunegate_store::{store_path_for, Store, StoreError};
+
+/// A mistake in how tunegate was called (exit 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Bad input or usage exits 2; anything else that stops a command exits 1.
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<InputError>() || cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(r) = cause.downcast_ref::<RunError>() {
+            if matches!(r, RunError::Input(_) | RunError::Resume(_) | RunError::Provider(_)) {
+                return 2;
+            }
+        }
+        if let Some(StoreError::NoRun(_)) = cause.downcast_ref::<StoreError>() {
+            return 2;
+        }
+        if cause.is::<tunegate_providers::ProviderError>() {
+            return 2;
+        }
+    }
+    1
+}
+
+/// The error and its causes on one line.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = vec![];
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory to create the task in (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// What the task's outputs are.
+    #[arg(long, value_parser = ["classification", "extraction", "rewrite", "generation"], default_value = "classification")]
+    pub kind: String,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn init(a: InitArgs) -> Result<ExitCode> {
+    let written = crate::init::scaffold(&a.dir, &a.kind, a.force)?;
+    println!("Created a {} task in {}:", a.kind, a.dir.display());
+    for f in &written {
+        println!("  {}", f.display());
+    }
+    let cfg = a.dir.join("tunegate.yaml");
+    println!("\nNext: tunegate eval -c {}", cfg.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Task file.
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// Ask each provider N times per case (measures stability).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Cases in flight at once, across providers.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Call providers even when the cache has the answer.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Continue an interrupted run (the latest, or RUN) instead of starting anew.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "RUN")]
+    pub resume: Option<String>,
+    /// Only these prompt ids (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// Only these providers, by id or label (repeatable).
+    #[arg(long = "provider")]
+    pub providers: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write the output to a file instead of stdout.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Exit 1 unless every prompt x provider passes at least this share of cases (0..1).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Retries after the first attempt on 429 / 5xx / timeouts / dropped connections.
+    #[arg(long, default_value_t = 4)]
+    pub max_retries: u32,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn load_task(path: &PathBuf) -> Result<Task> {
+    Ok(Task::load(path)?)
+}
+
+pub fn eval(a: EvalArgs) -> Result<ExitCode> {
+    if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(usage(format!("--threshold {t} is outside 0..1")));
+        }
+    }
+    let path = crate::task_path(&a.config);
+    let task = load_task(&path)?;
+    let prep = tunegate_run::prepare(task)?;
+    let env = |k: &str| std::env::var(k).ok();
+    let mut providers = vec![];
+    for spec in &prep.task.file.providers {
+        if !a.providers.is_empty() && !a.providers.iter().any(|n| n == spec.name() || n == &spec.id) {
+            continue;
+        }
+        let p = tunegate_providers::build(spec, &prep.task.dir, &env).with_context(|| format!("{}: provider `{}`", prep.task.path.display(), spec.id))?;
+        providers.push((p, spec.clone()));
+    }
+    for p in &a.prompts {
+        if !prep.prompts.iter().any(|x| &x.id == p) {
+            return Err(usage(format!("--prompt {p}: no such prompt in {}", path.display())));
+        }
+    }
+    if providers.is_empty() {
+        return Err(usage(format!("--provider: no such provider in {}", path.display())));
+    }
+    let mut opts = RunOptions::new(store_path_for(&path));
+    opts.concurrency = a.concurrency.max(1);
+    opts.repeat = a.repeat.max(1);
+    opts.use_cache = !a.no_cache;
+    opts.resume = a.resume.clone();
+    opts.max_retries = a.max_retries;
+    opts.only_prompts = a.prompts.clone();
+    let stop = opts.stop.clone();
+    let progress = Arc::new(ProgressSink::new(!a.no_progress && a.format == Format::Text || !a.no_progress && a.output.is_some()));
+    let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let outcome = rt.block_on(async {
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: finishing cases in flight; continue with `tunegate eval --resume`");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        tunegate_run::run(&prep, providers, opts, sinks).await
+    })?;
+    progress.finish();
+    let store = Store::open(&store_path_for(&path))?;
+    let summary = tunegate_run::summarize(&store, &outcome.run_id)?;
+    output::write_eval(&store, &summary, &outcome, a.format, a.output.as_deref())?;
+    let below = a.threshold.map(|t| summary.groups.iter().any(|g| g.pass_rate < t)).unwrap_or(false);
+    if outcome.interrupted {
+        eprintln!("run {} is incomplete ({} of {} cases); continue with: tunegate eval -c {} --resume {}", outcome.run_id, store.count_results(&outcome.run_id)?, outcome.planned, path.display(), outcome.run_id);
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(t) = a.threshold {
+        if below {
+            eprintln!("threshold not met: a prompt x provider passed less than {:.1}% of cases", t * 100.0);
+        }
+    }
+    let failing = summary.failed > 0 || summary.errors > 0;
+    Ok(if below || (a.threshold.is_none() && failing) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[derive(Args)]
+pub struct RunsArgs {
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn runs(a: RunsArgs) -> Result<ExitCode> {
+    let path = crate::task_path(&a.config);
+    let sp = store_path_for(&path);
+    if !sp.exists() {
+        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
+    }
+    let store = Store::open(&sp)?;
+    let runs = store.list_runs(a.limit)?;
+    output::write_runs(&store, &runs, a.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Run id (or a unique prefix), or `latest`.
+    #[arg(default_value = "latest")]
+    pub run: String,
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// Only failed cases and errors.
+    #[arg(long)]
+    pub failed: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// At most this many cases in the text view.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+pub fn show(a: ShowArgs) -> Result<ExitCode> {
+    let path = crate::task_path(&a.config);
+    let sp = store_path_for(&path);
+    if !sp.exists() {
+        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
+    }
+    let store = Store::open(&sp)?;
+    let run = store.resolve_run(&a.run)?;
+    let summary = tunegate_run::summarize(&store, &run.id)?;
+    output::write_show(&store, &summary, a.failed, a.limit, a.format, a.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}

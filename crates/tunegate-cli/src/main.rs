@@ -1,0 +1,66 @@
+//! The `tunegate` command. Thin on purpose: parsing arguments, progress
+//! bars and output formats live here; everything else is in the libraries.
+
+mod bench;
+mod commands;
+mod init;
+mod output;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tunegate",
+    version,
+    about = "Evaluate prompts first. Fine-tune when the evidence says so.",
+    long_about = "tunegate evaluates prompt variants against expected outputs, prepares fine-tuning data, \
+fine-tunes, and compares before/after with honest statistics.\n\n\
+Start with `tunegate init DIR`, then `tunegate eval -c DIR/tunegate.yaml`.",
+    after_help = "Exit codes: 0 all cases passed, 1 failures (or a --threshold not met), 2 bad input or usage."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scaffold a task (tunegate.yaml, data/, prompts/) that runs as it is.
+    Init(commands::InitArgs),
+    /// Evaluate every prompt x provider x case; cached, concurrent, resumable.
+    Eval(commands::EvalArgs),
+    /// List the runs in the store, newest first.
+    Runs(commands::RunsArgs),
+    /// Show one run case by case, failures first.
+    Show(commands::ShowArgs),
+    /// Benchmarks that print JSON (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => commands::init(a),
+        Command::Eval(a) => commands::eval(a),
+        Command::Runs(a) => commands::runs(a),
+        Command::Show(a) => commands::show(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = commands::exit_code_for(&e);
+            eprintln!("error: {}", commands::one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The task file to use: `-c` or `./tunegate.yaml`.
+pub fn task_path(c: &Option<PathBuf>) -> PathBuf {
+    c.clone().unwrap_or_else(|| PathBuf::from("tunegate.yaml"))
+}

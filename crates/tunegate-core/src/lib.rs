@@ -1,0 +1,17 @@
+//! tunegate-core: the task file, datasets, prompt templates, scorers and
+//! statistics. Pure logic: it reads the user's files and nothing else (no
+//! HTTP, no database, no model), so every rule here is testable in isolation.
+
+pub mod dataset;
+pub mod error;
+pub mod revision;
+pub mod scorers;
+pub mod stats;
+pub mod task;
+pub mod template;
+
+pub use dataset::{load_cases, Case};
+pub use error::{CoreError, InputError};
+pub use scorers::{AssertionResult, ResponseFacts, Scorer};
+pub use task::{Params, Price, ProviderSpec, Task, TaskFile, TaskKind};
+pub use template::{CompiledPrompt, Message};

@@ -1,0 +1,54 @@
+//! Prices of well-known hosted models, in US dollars per million tokens
+//! (input, output), as published by the vendors in 2025. A task file can
+//! override any of them per provider with `price:`; models not listed have
+//! no known cost (reports say so rather than guess).
+
+use tunegate_core::Price;
+
+/// (model name prefix, input $/Mtok, output $/Mtok). Longest prefix wins.
+pub const PRICES: &[(&str, f64, f64)] = &[
+    ("gpt-4o-mini", 0.15, 0.60),
+    ("gpt-4o", 2.50, 10.00),
+    ("gpt-4.1-nano", 0.10, 0.40),
+    ("gpt-4.1-mini", 0.40, 1.60),
+    ("gpt-4.1", 2.00, 8.00),
+    ("gpt-5-nano", 0.05, 0.40),
+    ("gpt-5-mini", 0.25, 2.00),
+    ("gpt-5", 1.25, 10.00),
+    ("gpt-3.5-turbo", 0.50, 1.50),
+    ("o3-mini", 1.10, 4.40),
+    ("o4-mini", 1.10, 4.40),
+    ("o3", 2.00, 8.00),
+    ("claude-3-haiku", 0.25, 1.25),
+    ("claude-3-5-haiku", 0.80, 4.00),
+    ("claude-haiku-4", 1.00, 5.00),
+    ("claude-3-5-sonnet", 3.00, 15.00),
+    ("claude-3-7-sonnet", 3.00, 15.00),
+    ("claude-sonnet-4", 3.00, 15.00),
+    ("claude-opus-4", 15.00, 75.00),
+];
+
+pub fn lookup(model: &str) -> Option<Price> {
+    PRICES
+        .iter()
+        .filter(|(p, _, _)| model.starts_with(p))
+        .max_by_key(|(p, _, _)| p.len())
+        .map(|(_, i, o)| Price { input_per_mtok: *i, output_per_mtok: *o })
+}
+
+pub fn cost(price: Option<Price>, prompt_tokens: Option<u64>, completion_tokens: Option<u64>) -> Option<f64> {
+    let p = price?;
+    Some((prompt_tokens? as f64 * p.input_per_mtok + completion_tokens.unwrap_or(0) as f64 * p.output_per_mtok) / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn longest_prefix_wins() {
+        assert_eq!(lookup("gpt-4o-mini-2024-07-18").unwrap().input_per_mtok, 0.15);
+        assert_eq!(lookup("gpt-4o-2024-08-06").unwrap().input_per_mtok, 2.50);
+        assert!(lookup("my-model").is_none());
+        assert!((cost(lookup("gpt-4o-mini"), Some(1000), Some(100)).unwrap() - 0.00021).abs() < 1e-12);
+    }
+}
