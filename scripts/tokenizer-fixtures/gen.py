@@ -423,7 +423,7 @@ def long_prompts():
                "What are your opening hours?", "Refund still not received after 10 days",
                "Wifi setup fails with code E42"]
     for q in queries:
-        ex = rng.sample(LONG_EXAMPLES, 5)
+        ex = rng.sample(LONG_EXAMPLES, 3)
         p = LONG_BASE + "".join(f"Message: {m}\nTeam: {t}\n\n" for m, t in ex) + f"Message: {q}\nTeam:"
         out.append(p)
     return out

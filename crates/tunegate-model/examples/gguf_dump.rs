@@ -10,7 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t = std::time::Instant::now();
     let g = GgufFile::open(&path)?;
-    println!("# {} (GGUF v{}, read in {:?})", path.display(), g.version, t.elapsed());
+    println!(
+        "# {} (GGUF v{}, read in {:?})",
+        path.display(),
+        g.version,
+        t.elapsed()
+    );
     for (k, v) in &g.metadata {
         match v {
             Value::Array(a) => {
@@ -26,7 +31,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v => println!("{k}: {v:?}"),
         }
     }
-    println!("# {} tensors, data at {} (alignment {})", g.tensors.len(), g.data_offset, g.alignment);
+    println!(
+        "# {} tensors, data at {} (alignment {})",
+        g.tensors.len(),
+        g.data_offset,
+        g.alignment
+    );
     for t in &g.tensors {
         println!("{} {:?} {} @{}", t.name, t.dims, t.ggml_type, t.offset);
     }

@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t2 - t1
     );
 
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokenizer.jsonl");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tokenizer.jsonl"
+    );
     let texts: Vec<String> = std::fs::read_to_string(fixture)?
         .lines()
         .map(|l| {
@@ -51,7 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     // Support-message-sized inputs: the common case in evaluation.
-    let msgs: Vec<&String> = texts.iter().filter(|t| (20..300).contains(&t.len())).collect();
+    let msgs: Vec<&String> = texts
+        .iter()
+        .filter(|t| (20..300).contains(&t.len()))
+        .collect();
     let t = Instant::now();
     let mut n = 0;
     for _ in 0..20 {

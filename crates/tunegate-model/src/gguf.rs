@@ -426,7 +426,7 @@ impl TensorInfo {
         let (block, bytes) = self.ggml_type.block_layout()?;
         let n = self.n_elements();
         let row = *self.dims.first().unwrap_or(&1);
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return None;
         }
         (n / block).checked_mul(bytes)
@@ -594,10 +594,12 @@ impl GgufFile {
 
     /// The raw bytes of the tensor described by `info`.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<&[u8], GgufError> {
-        let n = info.n_bytes().ok_or_else(|| self.invalid(format!(
-            "tensor {:?} has type {} and dims {:?}, whose byte size is unknown",
-            info.name, info.ggml_type, info.dims
-        )))?;
+        let n = info.n_bytes().ok_or_else(|| {
+            self.invalid(format!(
+                "tensor {:?} has type {} and dims {:?}, whose byte size is unknown",
+                info.name, info.ggml_type, info.dims
+            ))
+        })?;
         let data = self.data()?;
         let start = info.file_offset;
         let end = start.checked_add(n).filter(|&e| e <= data.len() as u64);
@@ -769,7 +771,7 @@ impl<R: Read> Cursor<'_, R> {
         what: &str,
         mut f: impl FnMut(&mut Self) -> Result<T, GgufError>,
     ) -> Result<Vec<T>, GgufError> {
-        let total = count.checked_mul(size).unwrap_or(u64::MAX);
+        let total = count.saturating_mul(size);
         self.ensure(total, what)?;
         let mut v = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -799,7 +801,9 @@ impl<R: Read> Cursor<'_, R> {
 
     fn array_value(&mut self, what: &str, depth: u32) -> Result<Array, GgufError> {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(self.invalid(format!("{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+            return Err(self.invalid(format!(
+                "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+            )));
         }
         let ty = self.u32(what)?;
         let n = self.u64(what)?;
@@ -819,13 +823,20 @@ impl<R: Read> Cursor<'_, R> {
             10 => Array::U64(self.vec(n, 8, what, |c| c.u64(what))?),
             11 => Array::I64(self.vec(n, 8, what, |c| Ok(c.u64(what)? as i64))?),
             12 => Array::F64(self.vec(n, 8, what, |c| Ok(f64::from_bits(c.u64(what)?)))?),
-            other => return Err(self.invalid(format!("{what}: unknown array element type {other}"))),
+            other => {
+                return Err(self.invalid(format!("{what}: unknown array element type {other}")))
+            }
         })
     }
 }
 
 fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<Header, GgufError> {
-    let mut c = Cursor { r, pos: 0, len, path };
+    let mut c = Cursor {
+        r,
+        pos: 0,
+        len,
+        path,
+    };
 
     // Check the magic before anything else, so that a non-GGUF file (even a
     // tiny one) is reported as "not a GGUF file" rather than "truncated".
@@ -922,10 +933,12 @@ fn parse_header<R: Read>(r: R, len: u64, path: &Path) -> Result<Header, GgufErro
                 ),
             });
         }
-        t.file_offset = data_offset.checked_add(t.offset).ok_or_else(|| GgufError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("tensor {:?} offset {} overflows", t.name, t.offset),
-        })?;
+        t.file_offset = data_offset
+            .checked_add(t.offset)
+            .ok_or_else(|| GgufError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("tensor {:?} offset {} overflows", t.name, t.offset),
+            })?;
     }
 
     // A download cut short is the most common corrupt model; say so now
@@ -1006,17 +1019,33 @@ pub mod build {
         match a {
             Array::U8(v) => out.extend_from_slice(v),
             Array::I8(v) => v.iter().for_each(|x| out.push(*x as u8)),
-            Array::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::U16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::I16(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::U32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::I32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::F32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             Array::Bool(v) => v.iter().for_each(|x| out.push(*x as u8)),
             Array::String(v) => v.iter().for_each(|s| string(out, s)),
             Array::Array(v) => v.iter().for_each(|a| array(out, a)),
-            Array::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Array::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::U64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::I64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Array::F64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         }
     }
 
@@ -1108,7 +1137,10 @@ mod tests {
             ("types", Value::Array(Array::I32(vec![1, 3, 6]))),
             (
                 "nested",
-                Value::Array(Array::Array(vec![Array::U8(vec![1, 2]), Array::U64(vec![9])])),
+                Value::Array(Array::Array(vec![
+                    Array::U8(vec![1, 2]),
+                    Array::U64(vec![9]),
+                ])),
             ),
         ];
         file(
@@ -1147,10 +1179,16 @@ mod tests {
         assert_eq!(g.get_array("nested").unwrap().len(), 2);
         assert_eq!(g.alignment, 32);
         assert_eq!(g.data_offset % 32, 0);
-        assert_eq!(g.tensor_data("w").unwrap(), &(0..16u8).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            g.tensor_data("w").unwrap(),
+            &(0..16u8).collect::<Vec<_>>()[..]
+        );
         assert_eq!(g.tensor_data("v").unwrap(), &[7, 7, 8, 8]);
         assert_eq!(g.tensor("v").unwrap().offset, 32);
-        assert!(matches!(g.tensor_data("nope"), Err(GgufError::NoSuchTensor { .. })));
+        assert!(matches!(
+            g.tensor_data("nope"),
+            Err(GgufError::NoSuchTensor { .. })
+        ));
     }
 
     #[test]

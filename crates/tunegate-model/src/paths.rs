@@ -36,7 +36,11 @@ fn known_names() -> String {
 
 /// The directory models are cached in (it may not exist yet).
 pub fn default_model_dir() -> Result<PathBuf, ModelPathError> {
-    model_dir_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
+    model_dir_from(|k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// [`default_model_dir`] with the environment passed in, so it can be tested
@@ -121,13 +125,24 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<PathBuf> + 'a {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v))
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| PathBuf::from(v))
+        }
     }
 
     #[test]
     fn model_dir_precedence() {
-        let all = [("TUNEGATE_HOME", "/t"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
-        assert_eq!(model_dir_from(env(&all)).unwrap(), PathBuf::from("/t/models"));
+        let all = [
+            ("TUNEGATE_HOME", "/t"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(
+            model_dir_from(env(&all)).unwrap(),
+            PathBuf::from("/t/models")
+        );
         assert_eq!(
             model_dir_from(env(&all[1..])).unwrap(),
             PathBuf::from("/x/tunegate/models")
@@ -136,7 +151,10 @@ mod tests {
             model_dir_from(env(&all[2..])).unwrap(),
             PathBuf::from("/h/.cache/tunegate/models")
         );
-        assert!(matches!(model_dir_from(env(&[])), Err(ModelPathError::NoHome)));
+        assert!(matches!(
+            model_dir_from(env(&[])),
+            Err(ModelPathError::NoHome)
+        ));
     }
 
     #[test]
@@ -150,7 +168,10 @@ mod tests {
         std::fs::write(&f, b"x").unwrap();
         assert_eq!(resolve_in("gemma-3-270m", &dir).unwrap(), f);
         // An existing path is used as-is, whatever its name.
-        assert_eq!(resolve_in(f.to_str().unwrap(), Path::new("/nonexistent")).unwrap(), f);
+        assert_eq!(
+            resolve_in(f.to_str().unwrap(), Path::new("/nonexistent")).unwrap(),
+            f
+        );
         assert!(matches!(
             resolve_in("llama-9000", &dir),
             Err(ModelPathError::Unknown(_))

@@ -276,15 +276,50 @@ impl std::fmt::Debug for Tokenizer {
 const SINGLE_ROLE_TEXTS: &[&[&str]] = &[
     // end of turn (Gemma: <end_of_turn>)
     &[
-        "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-        "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<end_of_utterance>",
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<EOT>",
+        "_<EOT>",
+        "[EOT]",
+        "<end_of_utterance>",
     ],
     &["<|eom_id|>"],
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "<|code_prefix|>", "<|prefix|>"],
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "<|code_suffix|>", "<|suffix|>"],
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "<|code_middle|>", "<|middle|>"],
+    &[
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ],
+    &[
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ],
+    &[
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ],
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    &[
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+    ],
     &["<|file_sep|>"],
 ];
 
@@ -292,9 +327,26 @@ const SINGLE_ROLE_TEXTS: &[&[&str]] = &[
 /// a control token. This list is why `</s>` (user-defined in Gemma 3) is a
 /// control token under llama.cpp.
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
 ];
 
 fn ints(g: &GgufFile, key: &'static str) -> Result<Option<Vec<i64>>, TokenizerError> {
@@ -416,7 +468,10 @@ impl Tokenizer {
             }
             // llama.cpp walks an unordered_map here, so with several
             // candidates its pick is arbitrary; we take the lowest id.
-            let found = group.iter().filter_map(|t| token_to_id.get(*t).copied()).min();
+            let found = group
+                .iter()
+                .filter_map(|t| token_to_id.get(*t).copied())
+                .min();
             if let Some(i) = found {
                 *role = Some(i);
                 attrs[i as usize] = attrs[i as usize] | TokenAttr::CONTROL;
@@ -452,8 +507,8 @@ impl Tokenizer {
         // llama.cpp's workarounds: <|end|> is not EOG for harmony/solar-open
         // vocabularies, and </s> is not EOG when <|tool_response> exists.
         let has_call = eog_has("<|call|>") || eog_has("<|calls|>");
-        let drop_end = eog_has("<|end|>")
-            && ((eog_has("<|return|>") && has_call) || (has_call && eog_has("<|flush|>")));
+        let drop_end =
+            eog_has("<|end|>") && has_call && (eog_has("<|return|>") || eog_has("<|flush|>"));
         let drop_s = eog_has("<|tool_response>") && eog_has("</s>");
         if drop_end {
             let e = token_to_id["<|end|>"];
@@ -939,12 +994,15 @@ mod tests {
     #[test]
     fn merges_by_score_leftmost_first() {
         let t = toy();
-        // "ab" and "bc" tie at -3; leftmost "ab" merges first, then "abc"
-        // is not reachable (ab + c is "abc": score -0.5, so it is).
+        // "ab" and "bc" tie at -3: the leftmost pair merges first, and then
+        // "ab"+"c" forms "abc".
         assert_eq!(t.encode("abc", false, false), ids(&t, &["abc"]));
         assert_eq!(t.encode("bcb", false, false), ids(&t, &["bc", "b"]));
         assert_eq!(t.encode("bbc", false, false), ids(&t, &["b", "bc"]));
-        assert_eq!(t.encode(" a", true, false), [vec![2], ids(&t, &["▁a"])].concat());
+        assert_eq!(
+            t.encode(" a", true, false),
+            [vec![2], ids(&t, &["▁a"])].concat()
+        );
     }
 
     #[test]
@@ -954,10 +1012,16 @@ mod tests {
         assert_eq!(e, ids(&t, &["<0xC3>", "<0xA9>"]));
         assert_eq!(t.decode(&e), "é");
         // User-defined tokens split out always; control only when parsing.
-        assert_eq!(t.encode("a\n\nb", false, false), ids(&t, &["a", "\n\n", "b"]));
+        assert_eq!(
+            t.encode("a\n\nb", false, false),
+            ids(&t, &["a", "\n\n", "b"])
+        );
         let plain = t.encode("<ctl>", false, false);
         assert!(!plain.contains(&4));
-        assert_eq!(t.encode("<ctl>a", false, true), vec![4, t.token_id("a").unwrap()]);
+        assert_eq!(
+            t.encode("<ctl>a", false, true),
+            vec![4, t.token_id("a").unwrap()]
+        );
         assert_eq!(t.decode(&[2, 4, t.token_id("▁a").unwrap()]), " a");
         assert_eq!(t.decode_with(&[4], true), "<ctl>");
         assert!(t.encode("", true, false) == vec![2]);

@@ -18,8 +18,14 @@ fn reads_gemma3_header() {
     assert_eq!(g.arch_u64("attention.key_length"), Some(256));
     assert_eq!(g.arch_u64("context_length"), Some(32768));
     assert_eq!(g.get_str("tokenizer.ggml.model"), Some("llama"));
-    assert_eq!(g.get_array("tokenizer.ggml.tokens").map(|a| a.len()), Some(262_144));
-    assert_eq!(g.get_array("tokenizer.ggml.scores").map(|a| a.len()), Some(262_144));
+    assert_eq!(
+        g.get_array("tokenizer.ggml.tokens").map(|a| a.len()),
+        Some(262_144)
+    );
+    assert_eq!(
+        g.get_array("tokenizer.ggml.scores").map(|a| a.len()),
+        Some(262_144)
+    );
     assert_eq!(g.alignment, 32);
     assert_eq!(g.data_offset % 32, 0);
 
@@ -28,9 +34,20 @@ fn reads_gemma3_header() {
     let emb = g.tensor("token_embd.weight").unwrap();
     assert_eq!(emb.dims, vec![640, 262_144]);
     assert_eq!(emb.ggml_type, GgmlType::Q8_0);
-    assert_eq!(g.tensor("output_norm.weight").unwrap().ggml_type, GgmlType::F32);
+    assert_eq!(
+        g.tensor("output_norm.weight").unwrap().ggml_type,
+        GgmlType::F32
+    );
     for b in 0..18 {
-        for t in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+        for t in [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             let name = format!("blk.{b}.{t}.weight");
             let ti = g.tensor(&name).unwrap_or_else(|| panic!("missing {name}"));
             assert!(
@@ -42,10 +59,26 @@ fn reads_gemma3_header() {
                 ti.ggml_type
             );
         }
-        assert_eq!(g.tensor(&format!("blk.{b}.attn_q.weight")).unwrap().dims, vec![640, 1024]);
-        assert_eq!(g.tensor(&format!("blk.{b}.attn_k.weight")).unwrap().dims, vec![640, 256]);
-        assert_eq!(g.tensor(&format!("blk.{b}.ffn_down.weight")).unwrap().dims, vec![2048, 640]);
-        for n in ["attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"] {
+        assert_eq!(
+            g.tensor(&format!("blk.{b}.attn_q.weight")).unwrap().dims,
+            vec![640, 1024]
+        );
+        assert_eq!(
+            g.tensor(&format!("blk.{b}.attn_k.weight")).unwrap().dims,
+            vec![640, 256]
+        );
+        assert_eq!(
+            g.tensor(&format!("blk.{b}.ffn_down.weight")).unwrap().dims,
+            vec![2048, 640]
+        );
+        for n in [
+            "attn_norm",
+            "ffn_norm",
+            "post_attention_norm",
+            "post_ffw_norm",
+            "attn_q_norm",
+            "attn_k_norm",
+        ] {
             let ti = g.tensor(&format!("blk.{b}.{n}.weight")).unwrap();
             assert_eq!(ti.ggml_type, GgmlType::F32);
         }
@@ -97,7 +130,10 @@ fn unsupported_version_is_reported() {
         let mut b = small_file();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         let e = GgufFile::from_bytes(b, "old.gguf").unwrap_err();
-        assert!(matches!(e, GgufError::UnsupportedVersion { version, .. } if version == v), "{e}");
+        assert!(
+            matches!(e, GgufError::UnsupportedVersion { version, .. } if version == v),
+            "{e}"
+        );
     }
     let mut b = small_file();
     b[4..8].copy_from_slice(&2u32.to_le_bytes());
@@ -148,7 +184,10 @@ fn absurd_lengths_do_not_allocate_or_panic() {
         b.extend_from_slice(&count.to_le_bytes());
         b.extend_from_slice(&[0u8; 64]);
         let e = GgufFile::from_bytes(b, "arr.gguf").unwrap_err();
-        assert!(matches!(e, GgufError::Truncated { .. } | GgufError::Invalid { .. }), "{e}");
+        assert!(
+            matches!(e, GgufError::Truncated { .. } | GgufError::Invalid { .. }),
+            "{e}"
+        );
     }
 }
 

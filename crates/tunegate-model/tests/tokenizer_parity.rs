@@ -57,9 +57,15 @@ fn show(t: &tunegate_model::Tokenizer, ids: &[u32]) -> String {
 
 #[test]
 fn encode_matches_llama_cpp_on_every_fixture_string() {
-    let Some(tok) = common::tokenizer() else { return };
+    let Some(tok) = common::tokenizer() else {
+        return;
+    };
     let cases = cases();
-    assert!(cases.len() >= 1000, "fixture has only {} strings", cases.len());
+    assert!(
+        cases.len() >= 1000,
+        "fixture has only {} strings",
+        cases.len()
+    );
     let mut failures = Vec::new();
     let (mut ok_plain, mut ok_special) = (0, 0);
     for c in &cases {
@@ -91,21 +97,30 @@ fn encode_matches_llama_cpp_on_every_fixture_string() {
         n = cases.len()
     );
     if !failures.is_empty() {
-        let shown = failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n");
-        panic!("{} mismatches with llama.cpp; first ones:\n{shown}", failures.len());
+        let shown = failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{} mismatches with llama.cpp; first ones:\n{shown}",
+            failures.len()
+        );
     }
 }
 
 #[test]
 fn decode_matches_llama_cpp_detokenize_and_round_trips() {
-    let Some(tok) = common::tokenizer() else { return };
+    let Some(tok) = common::tokenizer() else {
+        return;
+    };
     let cases = cases();
     let mut round_trips = 0;
     for c in &cases {
         let ours = tok.decode_bytes(&c.ids, false);
         assert_eq!(
-            ours,
-            c.detok,
+            ours, c.detok,
             "decode differs from llama_detokenize for {:?}",
             c.text
         );
@@ -114,7 +129,38 @@ fn decode_matches_llama_cpp_detokenize_and_round_trips() {
             round_trips += 1;
         }
     }
-    eprintln!("decode: {} strings equal llama_detokenize; {round_trips} round-trip exactly", cases.len());
+    eprintln!(
+        "decode: {} strings equal llama_detokenize; {round_trips} round-trip exactly",
+        cases.len()
+    );
     // Nearly everything round-trips; a collapse here means decode broke.
-    assert!(round_trips * 10 >= cases.len() * 9, "only {round_trips} round trips");
+    assert!(
+        round_trips * 10 >= cases.len() * 9,
+        "only {round_trips} round trips"
+    );
+}
+
+/// The greedy fixture (for the forward-pass parity test) must start from the
+/// same prompt ids we produce, or that test would compare different inputs.
+#[test]
+fn greedy_fixture_prompts_tokenise_identically() {
+    let Some(tok) = common::tokenizer() else {
+        return;
+    };
+    let text = std::fs::read_to_string(common::fixture("greedy.jsonl")).expect("greedy fixture");
+    let mut n = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let prompt = v["prompt"].as_str().unwrap();
+        let special = v["parse_special"].as_bool().unwrap();
+        assert_eq!(
+            tok.encode(prompt, true, special),
+            ids(&v["prompt_ids"]),
+            "{prompt:?}"
+        );
+        assert_eq!(ids(&v["greedy_ids"]).len(), 32);
+        assert_eq!(v["top5_first_step"].as_array().unwrap().len(), 5);
+        n += 1;
+    }
+    assert!(n >= 24, "only {n} greedy prompts");
 }

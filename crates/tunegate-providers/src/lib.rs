@@ -8,6 +8,8 @@ mod exec;
 mod http;
 mod openai;
 pub mod pricing;
+#[doc(hidden)]
+pub mod testserver;
 
 use async_trait::async_trait;
 use std::sync::Arc;
