@@ -1,0 +1,185 @@
+//! The CLI as a user runs it: init, eval, the cache, resume after kill -9,
+//! output formats, and API keys that never leak.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tunegate_providers::testserver::{chat_completion, Reply, TestServer};
+use tunegate_store::{store_path_for, Store};
+
+fn tg(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tunegate")).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+}
+
+#[test]
+fn init_then_eval_runs_offline_and_the_rerun_is_all_cache_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["classification", "extraction", "rewrite", "generation"] {
+        let o = tg(&["init", kind, "--kind", kind], dir.path());
+        assert!(o.status.success(), "{:?}", text(&o));
+        let cfg = format!("{kind}/tunegate.yaml");
+        // Count the baseline's invocations through a wrapper.
+        let yaml_path = dir.path().join(&cfg);
+        let yaml = std::fs::read_to_string(&yaml_path).unwrap().replace("id: exec:sh baseline.sh", "id: exec:echo x >> calls.log; sh baseline.sh");
+        std::fs::write(&yaml_path, yaml).unwrap();
+        let o = tg(&["eval", "-c", &cfg, "--no-progress"], dir.path());
+        let (out, err) = text(&o);
+        assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{kind}: {out} {err}");
+        assert!(out.contains("pass rate"), "{out}");
+        let calls = || std::fs::read_to_string(dir.path().join(kind).join("calls.log")).unwrap_or_default().lines().count();
+        let first = calls();
+        assert!(first > 0);
+        let o = tg(&["eval", "-c", &cfg, "--no-progress"], dir.path());
+        let (out, _) = text(&o);
+        assert!(out.contains("(100.0%)") && out.contains("provider calls 0"), "{kind}: {out}");
+        assert_eq!(calls(), first, "{kind}: the rerun called the provider");
+        let o = tg(&["eval", "-c", &cfg, "--no-progress", "--no-cache"], dir.path());
+        assert!(text(&o).0.contains("cache hits 0/"));
+        assert_eq!(calls(), 2 * first);
+    }
+    // The classification scaffold actually discriminates: its baseline
+    // passes some cases and fails others.
+    let o = tg(&["show", "-c", "classification/tunegate.yaml", "--failed"], dir.path());
+    let (out, _) = text(&o);
+    assert!(out.contains("FAIL") && out.contains("expected \\ predicted"), "{out}");
+    // init refuses to overwrite.
+    let o = tg(&["init", "classification"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--force"));
+}
+
+fn slow_task(dir: &Path, n: usize) -> PathBuf {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let data: String = (0..n).map(|i| format!("{{\"input\": \"message {i}\", \"expected\": \"billing\"}}\n")).collect();
+    std::fs::write(dir.join("data/eval.jsonl"), data).unwrap();
+    // Each call logs itself, then takes 80 ms.
+    std::fs::write(dir.join("model.sh"), "read line; echo \"$line\" >> calls.log; sleep 0.08; echo billing\n").unwrap();
+    let yaml = "version: 1\ntask:\n  name: slow\n  kind: classification\n  labels: [billing, other]\nprompts:\n  - id: p\n    template: \"{{ input }}\"\nproviders:\n  - id: exec:sh model.sh\ndata:\n  eval: data/eval.jsonl\n";
+    std::fs::write(dir.join("tunegate.yaml"), yaml).unwrap();
+    dir.join("tunegate.yaml")
+}
+
+#[test]
+fn kill_9_then_resume_finishes_every_case_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = slow_task(dir.path(), 60);
+    let calls = |d: &Path| std::fs::read_to_string(d.join("calls.log")).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["eval", "--no-progress", "--concurrency", "2", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while calls(dir.path()).len() < 20 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "eval made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let store = Store::open(&store_path_for(&cfg)).unwrap();
+    let run = store.resolve_run("latest").unwrap();
+    let committed = store.completed_keys(&run.id).unwrap();
+    assert!(committed.len() >= 10 && committed.len() < 60, "{}", committed.len());
+    drop(store);
+    let before = calls(dir.path()).len();
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["eval", "--no-progress", "--resume", "-c"]).arg(&cfg).output().unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out} {err}");
+    assert!(out.contains(&format!("{} results were already stored", committed.len())), "{out}");
+    let after = calls(dir.path());
+    // Only the cases not stored at the kill were asked for again.
+    assert_eq!(after.len() - before, 60 - committed.len());
+    let resumed: std::collections::HashSet<&String> = after[before..].iter().collect();
+    let store = Store::open(&store_path_for(&cfg)).unwrap();
+    let rows = store.results(&run.id, false).unwrap();
+    assert_eq!(rows.len(), 60);
+    let ids: std::collections::HashSet<&String> = rows.iter().map(|r| &r.case_id).collect();
+    assert_eq!(ids.len(), 60, "every case exactly once");
+    for r in &rows {
+        let k = (r.prompt_id.clone(), r.provider.clone(), r.case_id.clone(), r.repeat);
+        if committed.contains(&k) {
+            assert!(!resumed.contains(&r.input), "case {} was recomputed after it had finished", r.input);
+        }
+    }
+    assert_eq!(store.get_run(&run.id).unwrap().status, "complete");
+}
+
+#[test]
+fn api_keys_never_reach_the_store_reports_or_logs() {
+    let key = "sk-leakcheck-4b1d9e7f2a";
+    let srv = TestServer::start(move |n, r| {
+        let auth = r.header("authorization").unwrap_or("").to_string();
+        match n % 3 {
+            0 => Reply::ok(chat_completion("billing", 7, 1)),
+            1 => Reply::status(401, &format!(r#"{{"error":{{"message":"Incorrect API key provided: {auth}"}}}}"#)),
+            _ => Reply::status(400, &format!(r#"{{"error":{{"message":"bad request from {auth}"}}}}"#)),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let data: String = (0..9).map(|i| format!("{{\"input\": \"m{i}\", \"expected\": \"billing\"}}\n")).collect();
+    std::fs::write(dir.path().join("data/eval.jsonl"), data).unwrap();
+    let yaml = format!(
+        "version: 1\ntask:\n  name: k\n  kind: classification\n  labels: [billing, other]\nprompts:\n  - id: p\n    template: \"{{{{ input }}}}\"\nproviders:\n  - id: openai-compatible:m\n    base_url: {}/v1\n    api_key_env: MY_LLM_KEY\n    max_retries: 0\ndata:\n  eval: data/eval.jsonl\n",
+        srv.url()
+    );
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let mut seen = String::new();
+    for args in [
+        vec!["eval", "--no-progress"],
+        vec!["eval", "--no-progress", "--format", "json"],
+        vec!["eval", "--no-progress", "--format", "jsonl"],
+        vec!["eval", "--no-progress", "--format", "csv"],
+        vec!["eval", "--no-progress", "--format", "junit"],
+        vec!["show", "latest"],
+        vec!["runs"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(&args).current_dir(dir.path()).env("MY_LLM_KEY", key).output().unwrap();
+        let (out, err) = text(&o);
+        seen.push_str(&out);
+        seen.push_str(&err);
+    }
+    assert!(srv.requests.lock().unwrap().iter().all(|r| r.header("authorization") == Some(&format!("Bearer {key}"))));
+    assert!(seen.contains("[REDACTED]"), "the server's echo of the key was expected in an error: {seen}");
+    assert!(!seen.contains(key), "the key leaked into output");
+    for entry in std::fs::read_dir(dir.path().join(".tunegate")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "the key is in the store");
+    }
+}
+
+#[test]
+fn output_formats_carry_the_run_id_and_threshold_sets_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tg(&["init", "t"], dir.path());
+    assert!(o.status.success());
+    let o = tg(&["eval", "-c", "t/tunegate.yaml", "--format", "json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    assert_eq!(v["results"].as_array().unwrap().len(), 42);
+    assert!(v["summary"]["groups"][0]["ci95"].is_array());
+    let o = tg(&["eval", "-c", "t/tunegate.yaml", "--format", "junit", "-o", "report.xml"], dir.path());
+    assert!(o.stdout.is_empty());
+    let xml = std::fs::read_to_string(dir.path().join("report.xml")).unwrap();
+    assert!(xml.contains("<testsuites") && xml.contains("<failure"), "{xml}");
+    let o = tg(&["eval", "-c", "t/tunegate.yaml", "--format", "csv"], dir.path());
+    let csv = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(csv.lines().count(), 43);
+    let o = tg(&["eval", "-c", "t/tunegate.yaml", "--format", "jsonl"], dir.path());
+    let first: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert!(first["run_id"].is_string());
+    // The scaffold's baseline passes some but not all: 0.5 is met, 0.99 is not.
+    assert_eq!(tg(&["eval", "-c", "t/tunegate.yaml", "--threshold", "0.5"], dir.path()).status.code(), Some(0));
+    assert_eq!(tg(&["eval", "-c", "t/tunegate.yaml", "--threshold", "0.99"], dir.path()).status.code(), Some(1));
+    let o = tg(&["runs", "-c", "t/tunegate.yaml"], dir.path());
+    assert!(text(&o).0.contains(&run_id));
+    let o = tg(&["show", &run_id[..15], "-c", "t/tunegate.yaml", "--failed"], dir.path());
+    let (out, _) = text(&o);
+    assert!(out.contains(&run_id) && !out.contains("\npass "), "{out}");
+}
