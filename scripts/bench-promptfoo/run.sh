@@ -5,6 +5,7 @@
 #   PF_JOBS       value for -j/--max-concurrency  (default: unset = promptfoo default, 4)
 #   PF_EXTRA      extra args for `promptfoo eval` (e.g. "--no-write" or "-o out.jsonl")
 #   BENCH_WORKDIR where to generate the workload  (default: fresh mktemp dir, removed after)
+#   PF_DEBUG_LOG=1 keep promptfoo's per-run debug log file (off by default, see below)
 #   KEEP=1        keep the work dir (DB, logs, stdout) for inspection
 # Prints one JSON line on stdout; everything else goes to stderr.
 set -euo pipefail
