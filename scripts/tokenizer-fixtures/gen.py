@@ -16,7 +16,8 @@ Outputs (under crates/tunegate-model/tests/fixtures/):
 - llamacpp-speed.json: llama.cpp prefill/decode speed on a 103-token prompt
   with 64 generated tokens, n_threads=2, median of 3 runs.
 
-Pass --tokenizer-only or --greedy-only to regenerate one part.
+Pass --tokenizer-only, --greedy-only (with --no-speed) or --speed-only to
+regenerate one part.
 """
 
 import ctypes
@@ -456,6 +457,7 @@ class Model:
         cp.n_ubatch = 512
         cp.n_threads = n_threads
         cp.n_threads_batch = n_threads
+        cp.no_perf = False
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         assert self.ctx, "context init failed"
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -481,8 +483,15 @@ class Model:
         return np.ctypeslib.as_array(p, shape=(self.n_vocab,))
 
 
-def greedy_and_speed(model_path, do_speed=True):
+def greedy_and_speed(model_path, do_speed=True, do_greedy=True):
     m = Model(model_path)
+    if do_greedy:
+        greedy(m)
+    if do_speed:
+        speed(m, model_path)
+
+
+def greedy(m):
     path = os.path.join(OUT, "greedy.jsonl")
     prompts = GREEDY_PROMPTS + long_prompts()
     with open(path, "w", encoding="utf-8") as f:
@@ -505,9 +514,9 @@ def greedy_and_speed(model_path, do_speed=True):
                    "greedy_text": detokenize(m.vocab, gen).decode("utf-8", "replace")}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     print(f"wrote {len(prompts)} prompts to {path}")
-    if not do_speed:
-        return
 
+
+def speed(m, model_path):
     text = (LONG_BASE + "".join(f"Message: {q}\nTeam: {t}\n\n" for q, t in LONG_EXAMPLES) * 2)
     ids = m.tokenize(text, True, False)[:103]
     assert len(ids) == 103
@@ -568,10 +577,11 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     model = args[0] if args else default_model_path()
     os.makedirs(OUT, exist_ok=True)
-    if "--greedy-only" not in sys.argv:
+    if "--greedy-only" not in sys.argv and "--speed-only" not in sys.argv:
         tokenizer_fixture(model)
     if "--tokenizer-only" not in sys.argv:
-        greedy_and_speed(model, do_speed="--no-speed" not in sys.argv)
+        greedy_and_speed(model, do_speed="--no-speed" not in sys.argv,
+                         do_greedy="--speed-only" not in sys.argv)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ fn harness(a: HarnessArgs) -> Result<ExitCode> {
     let providers = prep.task.file.providers.iter().map(|s| Ok((tunegate_providers::build(s, &prep.task.dir, &env)?, s.clone()))).collect::<Result<Vec<_>>>()?;
     let mut opts = RunOptions::new(tunegate_store::store_path_for(&cfg));
     opts.concurrency = a.concurrency;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = crate::commands::runtime()?;
     let t1 = Instant::now();
     let outcome = rt.block_on(tunegate_run::run(&prep, providers, opts, vec![]))?;
     let run_s = t1.elapsed().as_secs_f64();

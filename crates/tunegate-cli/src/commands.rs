@@ -38,7 +38,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
                 return 2;
             }
         }
-        if let Some(StoreError::NoRun(_)) = cause.downcast_ref::<StoreError>() {
+        if let Some(StoreError::NoRun(_) | StoreError::Ambiguous(_)) = cause.downcast_ref::<StoreError>() {
             return 2;
         }
         if cause.is::<tunegate_providers::ProviderError>() {
@@ -58,6 +58,15 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+/// The async runtime for runs: one worker thread. The runner's own work per
+/// case (render, cache lookup, scoring) is light; providers wait on I/O or
+/// run on threads of their own (exec scoring, the local model), and the
+/// store writer has its own thread. A second worker only added cross-thread
+/// wake-ups (measured: the harness benchmark's top cost).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
 }
 
 #[derive(Args)]
@@ -164,7 +173,7 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     let stop = opts.stop.clone();
     let progress = Arc::new(ProgressSink::new(!a.no_progress && a.format == Format::Text || !a.no_progress && a.output.is_some()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = runtime()?;
     let outcome = rt.block_on(async {
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

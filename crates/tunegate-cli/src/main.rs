@@ -8,6 +8,11 @@ mod output;
 mod progress;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: glibc malloc's arena locks showed up as the top cost of the
+/// harness (many small allocations across the runner, writer and workers).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

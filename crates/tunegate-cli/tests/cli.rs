@@ -179,7 +179,7 @@ fn output_formats_carry_the_run_id_and_threshold_sets_the_exit_code() {
     assert_eq!(tg(&["eval", "-c", "t/tunegate.yaml", "--threshold", "0.99"], dir.path()).status.code(), Some(1));
     let o = tg(&["runs", "-c", "t/tunegate.yaml"], dir.path());
     assert!(text(&o).0.contains(&run_id));
-    let o = tg(&["show", &run_id[..15], "-c", "t/tunegate.yaml", "--failed"], dir.path());
+    let o = tg(&["show", &run_id, "-c", "t/tunegate.yaml", "--failed"], dir.path());
     let (out, _) = text(&o);
     assert!(out.contains(&run_id) && !out.contains("\npass "), "{out}");
 }

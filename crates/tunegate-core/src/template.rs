@@ -199,9 +199,28 @@ pub fn draw_shots(spec: &ShotsSpec, examples: &[Case], labels: &[String]) -> Vec
 }
 
 /// Renders an assertion value template (e.g. `{{ expected }}`) over a case.
+/// The common forms (`{{ expected }}`, `{{ input }}`, `{{ vars.x }}` alone)
+/// are substituted directly: building a template environment per case was
+/// the harness's largest cost per eval.
 pub fn render_value(template: &str, case: &Case) -> Result<String, String> {
     if !template.contains("{{") && !template.contains("{%") {
         return Ok(template.to_string());
+    }
+    let t = template.trim();
+    if let Some(inner) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
+        let name = inner.trim();
+        if !name.contains(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')) {
+            let found = match name {
+                "expected" => case.expected.as_ref().map(value_text),
+                n => {
+                    let key = n.strip_prefix("vars.").unwrap_or(n);
+                    case.vars.get(key).map(value_text)
+                }
+            };
+            if let Some(v) = found {
+                return Ok(v);
+            }
+        }
     }
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);

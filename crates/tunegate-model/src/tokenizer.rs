@@ -23,6 +23,12 @@
 //! 4. Each final symbol is its vocab id, or, when it is not in the vocab, one
 //!    byte token `<0xNN>` per UTF-8 byte (byte fallback).
 //!
+//! Which tokens count as control or user-defined follows llama.cpp too, not
+//! just the GGUF `token_type` array: llama.cpp re-types some tokens by their
+//! text (end-of-generation and fill-in-the-middle names), and for Gemma 3
+//! that turns the user-defined `</s>` into a control token (see
+//! [`TokenAttr`]).
+//!
 //! Encoding is allocation-light and uses a fast non-cryptographic hash for the
 //! vocab lookups, since datasets of tens of thousands of cases are tokenised
 //! on every evaluation run.

@@ -21,6 +21,8 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("no run `{0}` in the store (see `tunegate runs`)")]
     NoRun(String),
+    #[error("`{0}` matches several runs; give more of the id (see `tunegate runs`)")]
+    Ambiguous(String),
     #[error("cannot create {0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -189,7 +191,7 @@ impl Store {
     }
 
     fn init(&mut self) -> Result<()> {
-        let r = self.conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
+        let r = self.conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384;");
         self.sql(r)?;
         let r = self.conn.busy_timeout(std::time::Duration::from_secs(10));
         self.sql(r)?;
@@ -286,10 +288,10 @@ impl Store {
         }
         let mut st = self.sql(self.conn.prepare(&format!("SELECT {} FROM runs WHERE id LIKE ?1 || '%' LIMIT 2", Self::RUN_COLS)))?;
         let rows = self.sql(st.query_map([sel], Self::run_from_row).and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>()))?;
-        if rows.len() == 1 {
-            Ok(rows.into_iter().next().unwrap())
-        } else {
-            Err(StoreError::NoRun(sel.to_string()))
+        match rows.len() {
+            1 => Ok(rows.into_iter().next().unwrap()),
+            0 => Err(StoreError::NoRun(sel.to_string())),
+            _ => Err(StoreError::Ambiguous(sel.to_string())),
         }
     }
 
