@@ -4,6 +4,8 @@
 mod bench;
 mod commands;
 mod init;
+mod model;
+mod quickstart;
 mod output;
 mod progress;
 
@@ -41,6 +43,11 @@ enum Command {
     Runs(commands::RunsArgs),
     /// Show one run case by case, failures first.
     Show(commands::ShowArgs),
+    /// The whole loop on the bundled example, offline, on the embedded model.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Model files: fetch, list, info, tokenize.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Benchmarks that print JSON (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
         Command::Runs(a) => commands::runs(a),
         Command::Show(a) => commands::show(a),
         Command::Bench(b) => bench::run(b),
+        Command::Quickstart(a) => quickstart::run(a),
+        Command::Model(m) => model::run(m),
     };
     match result {
         Ok(code) => code,

