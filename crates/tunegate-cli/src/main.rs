@@ -6,6 +6,7 @@ mod commands;
 mod init;
 mod model;
 mod quickstart;
+mod serve;
 mod output;
 mod progress;
 
@@ -45,7 +46,9 @@ enum Command {
     Show(commands::ShowArgs),
     /// The whole loop on the bundled example, offline, on the embedded model.
     Quickstart(quickstart::QuickstartArgs),
-    /// Model files: fetch, list, info, tokenize.
+    /// OpenAI-compatible server for the local model (loopback by default).
+    Serve(serve::ServeArgs),
+    /// Model files: fetch, list, info, tokenize, generate.
     #[command(subcommand)]
     Model(model::ModelCommand),
     /// Benchmarks that print JSON (see BENCHMARKS.md).
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::run(b),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Model(m) => model::run(m),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

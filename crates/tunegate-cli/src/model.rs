@@ -38,6 +38,36 @@ pub enum ModelCommand {
     Info(InfoArgs),
     /// Token ids of a text (stdin or --text) with the model's own tokenizer.
     Tokenize(TokenizeArgs),
+    /// Continue a prompt with the local model; the completion goes to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long, default_value = "gemma-3-270m")]
+    pub model: String,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop at this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Score these labels as continuations and print the most likely (repeatable).
+    #[arg(long = "choice")]
+    pub choices: Vec<String>,
+    /// Print JSON with token counts and timing.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -87,6 +117,7 @@ pub fn run(c: ModelCommand) -> Result<ExitCode> {
         ModelCommand::List => list(),
         ModelCommand::Info(a) => info(a),
         ModelCommand::Tokenize(a) => tokenize(a),
+        ModelCommand::Generate(a) => generate(a),
     }
 }
 
@@ -297,6 +328,32 @@ fn tokenize(a: TokenizeArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&ids)?);
     } else {
         println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(a: GenerateArgs) -> Result<ExitCode> {
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| usage(e.to_string()))?;
+    if !(0.0..=2.0).contains(&a.temperature) {
+        return Err(usage("--temperature must be within 0..2"));
+    }
+    let t0 = std::time::Instant::now();
+    let engine = tunegate_providers::local::LocalEngine::get(&path)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let params = tunegate_core::Params { temperature: Some(a.temperature), max_tokens: Some(a.max_tokens), top_k: a.top_k, top_p: a.top_p, seed: Some(a.seed), stop: a.stop.clone(), ..Default::default() };
+    let choices = if a.choices.is_empty() {
+        None
+    } else {
+        let sep = if a.prompt.ends_with(char::is_whitespace) { "" } else { " " };
+        Some(a.choices.iter().map(|c| format!("{sep}{c}")).collect())
+    };
+    let rt = crate::commands::runtime()?;
+    let t1 = std::time::Instant::now();
+    let c = rt.block_on(engine.complete(&a.prompt, tunegate_providers::local::gen_params(&params), choices, None))?;
+    if a.json {
+        println!("{}", serde_json::json!({"text": c.text, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason, "load_s": load_s, "generate_s": t1.elapsed().as_secs_f64()}));
+    } else {
+        println!("{}", c.text);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,38 @@
 //! The embedded local model: GGUF files, the tokenizer built from their
-//! metadata, and (later) the Gemma 3 forward pass. This crate never sees a
+//! metadata, the Gemma 3 forward pass on quantized weights, sampling, and a
+//! text-in/text-out engine with batched generation. This crate never sees a
 //! task file: it deals in text, token ids and tensors only.
 
+pub mod engine;
+pub mod gemma3;
 pub mod gguf;
 pub mod paths;
+pub mod sample;
 pub mod tokenizer;
 
+pub use engine::{GenParams, Generation, LocalModel};
 pub use gguf::{GgufError, GgufFile};
 pub use paths::{default_model_dir, resolve_model, ModelPathError};
 pub use tokenizer::{Tokenizer, TokenizerError};
+
+/// Errors of the model: a file we cannot read or do not support, bad input
+/// (an empty or over-long prompt), or a tensor operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+    #[error("{0}")]
+    Format(String),
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("tensor error: {0}")]
+    Candle(String),
+}
+
+impl ModelError {
+    pub(crate) fn candle(e: candle_core::Error) -> Self {
+        ModelError::Candle(e.to_string())
+    }
+}

@@ -6,6 +6,7 @@
 mod anthropic;
 mod exec;
 mod http;
+pub mod local;
 mod openai;
 pub mod pricing;
 #[doc(hidden)]
@@ -159,7 +160,7 @@ pub fn build(spec: &ProviderSpec, task_dir: &std::path::Path, lookup_env: &dyn F
             let base = spec.base_url.clone().unwrap_or_else(|| "https://api.anthropic.com".into());
             Arc::new(AnthropicProvider::new(&name, rest, &base, key("ANTHROPIC_API_KEY")?, timeout, spec.price.or_else(|| pricing::lookup(rest))))
         }
-        "local" => return Err(ProviderError::Config(format!("provider `{}`: the local model is not available in this build yet", spec.id))),
+        "local" => Arc::new(local::LocalProvider::new(&name, rest, task_dir)?),
         other => return Err(ProviderError::Config(format!("unknown provider type `{other}`"))),
     })
 }

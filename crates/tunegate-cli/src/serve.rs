@@ -1,0 +1,282 @@
+//! `tunegate serve`: an OpenAI-compatible server for the local model.
+//!
+//! Loopback only unless `--allow-remote`; a bearer key when `--api-key` is
+//! set; request bodies and requests in flight are bounded; every error is a
+//! JSON body in OpenAI's shape. Requests in flight are batched together by
+//! the model thread, like the cases of an eval.
+
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Args;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tunegate_providers::local::{gen_params, LocalEngine};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Require `Authorization: Bearer KEY` (or set TUNEGATE_API_KEY).
+    #[arg(long, env = "TUNEGATE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Listen on a non-loopback address (exposes the model to the network).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Model name or GGUF path.
+    #[arg(long, default_value = "gemma-3-270m")]
+    pub model: String,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Requests in flight at once; more get HTTP 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrency: usize,
+}
+
+struct AppState {
+    engine: Arc<LocalEngine>,
+    model_id: String,
+    api_key: Option<String>,
+    slots: Arc<Semaphore>,
+    max_body: usize,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": {"message": message.into(), "type": kind, "code": status.as_u16()}}))).into_response()
+}
+
+pub fn run(a: ServeArgs) -> Result<ExitCode> {
+    if !a.addr.ip().is_loopback() && !a.allow_remote {
+        return Err(crate::commands::usage(format!("{} is not a loopback address; pass --allow-remote to expose the model to the network (and set --api-key)", a.addr)));
+    }
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::commands::usage(e.to_string()))?;
+    eprintln!("loading {} ...", path.display());
+    let engine = LocalEngine::get(&path).context("loading the model")?;
+    let model_id = if a.model.ends_with(".gguf") { path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default() } else { a.model.clone() };
+    let state = Arc::new(AppState { engine, model_id, api_key: a.api_key.clone(), slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))), max_body: a.max_body });
+    let rt = crate::commands::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
+        eprintln!("serving {} on http://{}/v1 (OpenAI-compatible){}", state.model_id, listener.local_addr()?, if state.api_key.is_some() { ", bearer key required" } else { "" });
+        axum::serve(listener, router(state)).with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    // Bodies are read as bytes and parsed here, so a malformed or oversized
+    // body gets our JSON error rather than a framework default.
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions") })
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(key) = &state.api_key else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the key's length is the only thing a timing attack could learn.
+    let ok = given.map(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0).unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or wrong bearer key"))
+    }
+}
+
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0, "owned_by": "tunegate"}]})).into_response()
+}
+
+/// Parses a request body into the prompt text and sampling params.
+fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, tunegate_core::Params, bool), Response> {
+    if body.len() > state.max_body {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("body over {} bytes", state.max_body)));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("body is not valid JSON: {e}")))?;
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid_request_error", m.to_string());
+    if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
+        if m != state.model_id {
+            return Err(error(StatusCode::NOT_FOUND, "model_not_found", format!("model `{m}` is not served here; GET /v1/models lists what is")));
+        }
+    }
+    let text = if chat {
+        let msgs = v.get("messages").and_then(|m| m.as_array()).ok_or_else(|| bad("`messages` must be an array"))?;
+        if msgs.is_empty() {
+            return Err(bad("`messages` is empty"));
+        }
+        let mut parts = vec![];
+        for m in msgs {
+            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| bad("each message needs a `role`"))?;
+            if !["system", "developer", "user", "assistant"].contains(&role) {
+                return Err(bad(&format!("unknown role `{role}`")));
+            }
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(a)) => a.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join(""),
+                _ => return Err(bad("each message needs a string `content`")),
+            };
+            parts.push(tunegate_core::Message::new(role, content));
+        }
+        tunegate_core::template::flatten_messages(&parts)
+    } else {
+        match v.get("prompt") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(bad("`prompt` must be a string")),
+        }
+    };
+    if text.is_empty() {
+        return Err(bad("the prompt is empty"));
+    }
+    let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    let stop = match v.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect(),
+        _ => vec![],
+    };
+    let params = tunegate_core::Params {
+        temperature: num("temperature"),
+        max_tokens: v.get("max_completion_tokens").or(v.get("max_tokens")).and_then(|x| x.as_u64()).map(|x| x.min(4096) as u32),
+        top_p: num("top_p"),
+        top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as u32),
+        stop,
+        seed: v.get("seed").and_then(|x| x.as_u64()),
+        ..Default::default()
+    };
+    if let Some(t) = params.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(bad("`temperature` must be within 0..2"));
+        }
+    }
+    Ok((text, params, v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false)))
+}
+
+async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, headers, body, true).await
+}
+
+async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, headers, body, false).await
+}
+
+async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: bool) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let (text, params, stream) = match parse_request(&state, &body, chat) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly");
+    };
+    let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_id());
+    let created = chrono::Utc::now().timestamp();
+    let model = state.model_id.clone();
+    let gp = gen_params(&params);
+    if !stream {
+        let res = state.engine.complete(&text, gp, None, None).await;
+        drop(permit);
+        return match res {
+            Ok(c) => {
+                let choice = if chat {
+                    json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason})
+                } else {
+                    json!({"index": 0, "text": c.text, "finish_reason": c.finish_reason})
+                };
+                axum::Json(json!({
+                    "id": id, "object": if chat { "chat.completion" } else { "text_completion" }, "created": created, "model": model,
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "total_tokens": c.prompt_tokens + c.completion_tokens}
+                }))
+                .into_response()
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+        };
+    }
+    // Streaming: server-sent events as the model produces text. When the
+    // client disconnects, the body stream is dropped, the delta channel
+    // closes and the model stops that sequence.
+    let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let engine = state.engine.clone();
+    let done = tokio::spawn(async move {
+        let r = engine.complete(&text, gp, None, Some(dtx)).await;
+        drop(permit);
+        r
+    });
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = move |delta: Option<&str>, finish: Option<&str>| -> String {
+        let choice = if chat {
+            json!({"index": 0, "delta": delta.map(|d| json!({"content": d})).unwrap_or(json!({})), "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
+        };
+        format!("data: {}\n\n", json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]}))
+    };
+    let stream = async_stream(move |tx| async move {
+        if chat {
+            let first = chunk(None, None).replace("\"delta\":{}", "\"delta\":{\"role\":\"assistant\"}");
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(d) = drx.recv().await {
+            if tx.send(Ok(chunk(Some(&d), None))).await.is_err() {
+                return; // client gone: dropping drx stops the model
+            }
+        }
+        let finish = match done.await {
+            Ok(Ok(c)) => c.finish_reason,
+            Ok(Err(e)) => {
+                let _ = tx.send(Ok(format!("data: {}\n\n", json!({"error": {"message": e.to_string(), "type": "server_error"}})))).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let _ = tx.send(Ok(chunk(None, Some(&finish)))).await;
+        let _ = tx.send(Ok("data: [DONE]\n\n".to_string())).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot build the stream"))
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
+
+/// A stream fed by a producer task through a small channel.
+fn async_stream<F, Fut>(producer: F) -> impl futures_util::Stream<Item = Result<String, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(producer(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+

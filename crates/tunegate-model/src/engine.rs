@@ -1,0 +1,278 @@
+//! Text in, text out: the tokenizer, the model and sampling together, with
+//! batched generation, log-likelihood scoring of choices, and a cache of
+//! shared prompt prefixes (the instructions and few-shot examples every case
+//! of a prompt variant starts with are computed once).
+
+use crate::gemma3::{Gemma3, KvCache, SeqInput};
+use crate::sample::{log_probs, Sampler, SamplingParams};
+use crate::{ModelError, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Default)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// Log-probability of each generated token.
+    pub logprobs: Vec<f32>,
+    pub prompt_tokens: usize,
+    /// `stop` (end of turn/text or a stop sequence) or `length`.
+    pub finish_reason: String,
+}
+
+pub struct LocalModel {
+    pub model: Gemma3,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+    prefixes: Mutex<Vec<(Vec<u32>, KvCache)>>,
+}
+
+/// Prefixes shorter than this are not worth a cache entry.
+const MIN_PREFIX: usize = 16;
+const MAX_PREFIXES: usize = 8;
+/// Tokens per forward call during prefill, bounding activation memory.
+const PREFILL_CHUNK: usize = 512;
+
+fn lcp(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl LocalModel {
+    pub fn load(path: &Path) -> Result<LocalModel, ModelError> {
+        let g = crate::GgufFile::open(path).map_err(|e| ModelError::Format(e.to_string()))?;
+        let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| ModelError::Format(e.to_string()))?;
+        drop(g);
+        let model = Gemma3::load(path)?;
+        Ok(LocalModel { model, tokenizer, path: path.to_path_buf(), prefixes: Mutex::new(vec![]) })
+    }
+
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text, true, true)
+    }
+
+    /// A cache holding the longest known prefix of `tokens` (always leaving
+    /// at least one token to run, whose logits we need).
+    fn start_cache(&self, tokens: &[u32]) -> KvCache {
+        let entries = self.prefixes.lock().unwrap();
+        let best = entries.iter().map(|(p, c)| (lcp(p, tokens).min(p.len()), c)).filter(|(l, _)| *l >= MIN_PREFIX).max_by_key(|(l, _)| *l);
+        match best {
+            Some((l, c)) => {
+                let mut c = c.clone();
+                let keep = l.min(tokens.len() - 1);
+                if c.truncate(keep).is_ok() {
+                    c
+                } else {
+                    self.model.new_cache()
+                }
+            }
+            None => self.model.new_cache(),
+        }
+    }
+
+    fn remember_prefix(&self, tokens: &[u32], cache: &KvCache, other: &[u32]) {
+        let l = lcp(tokens, other);
+        if l < MIN_PREFIX {
+            return;
+        }
+        let mut entries = self.prefixes.lock().unwrap();
+        if entries.iter().any(|(p, _)| p.len() >= l && lcp(p, tokens) >= l) {
+            return;
+        }
+        let mut c = cache.clone();
+        if c.truncate(l).is_err() {
+            return;
+        }
+        entries.push((tokens[..l].to_vec(), c));
+        if entries.len() > MAX_PREFIXES {
+            entries.remove(0);
+        }
+    }
+
+    /// Prefills every prompt (in chunks), returning caches and the logits of
+    /// each prompt's last token.
+    fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(Vec<KvCache>, Vec<Vec<f32>>), ModelError> {
+        let mut caches: Vec<KvCache> = prompts.iter().map(|p| self.start_cache(p)).collect();
+        let mut last: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
+        loop {
+            // Take up to PREFILL_CHUNK tokens across the sequences still filling.
+            let mut budget = PREFILL_CHUNK;
+            let mut plan: Vec<(usize, usize, usize)> = vec![];
+            for (i, p) in prompts.iter().enumerate() {
+                let done = caches[i].len();
+                if done < p.len() && budget > 0 {
+                    let n = (p.len() - done).min(budget);
+                    budget -= n;
+                    plan.push((i, done, n));
+                }
+            }
+            if plan.is_empty() {
+                break;
+            }
+            let mut taken: Vec<(usize, KvCache)> = plan.iter().map(|(i, _, _)| (*i, std::mem::take(&mut caches[*i]))).collect();
+            let mut inputs: Vec<SeqInput> = taken
+                .iter_mut()
+                .zip(&plan)
+                .map(|((_, c), (i, s, n))| SeqInput { tokens: &prompts[*i][*s..*s + *n], cache: c, all_logits: false })
+                .collect();
+            let logits = self.model.forward(&mut inputs)?;
+            drop(inputs);
+            for ((i, c), l) in taken.into_iter().zip(logits) {
+                caches[i] = c;
+                last[i] = l.to_vec1::<f32>().map_err(ModelError::candle)?;
+            }
+        }
+        for i in 0..prompts.len() {
+            let other = if i > 0 { &prompts[i - 1] } else if prompts.len() > 1 { &prompts[1] } else { continue };
+            self.remember_prefix(&prompts[i], &caches[i], other);
+        }
+        Ok((caches, last))
+    }
+
+    /// Generates for several prompts at once: prefill together, then one
+    /// decode step for all unfinished sequences per forward call.
+    pub fn generate_batch(&self, prompts: &[(Vec<u32>, GenParams)]) -> Result<Vec<Generation>, ModelError> {
+        self.generate_batch_stream(prompts, &mut |_, _| true)
+    }
+
+    /// [`Self::generate_batch`], calling `on_text(seq, delta)` with each new
+    /// piece of text as it is produced (text that could still turn out to
+    /// be the start of a stop sequence is held back until it cannot). When
+    /// it returns false that sequence stops (its client went away).
+    pub fn generate_batch_stream(&self, prompts: &[(Vec<u32>, GenParams)], on_text: &mut dyn FnMut(usize, &str) -> bool) -> Result<Vec<Generation>, ModelError> {
+        if prompts.is_empty() {
+            return Ok(vec![]);
+        }
+        let toks: Vec<Vec<u32>> = prompts.iter().map(|(t, _)| t.clone()).collect();
+        if toks.iter().any(|t| t.is_empty()) {
+            return Err(ModelError::Input("empty prompt".into()));
+        }
+        for t in &toks {
+            if t.len() >= self.model.cfg.context_length {
+                return Err(ModelError::Input(format!("prompt of {} tokens exceeds the context length {}", t.len(), self.model.cfg.context_length)));
+            }
+        }
+        let (mut caches, mut logits) = self.prefill(&toks)?;
+        let mut samplers: Vec<Sampler> = prompts.iter().map(|(_, p)| Sampler::new(p.sampling.clone())).collect();
+        let mut out: Vec<Generation> = prompts
+            .iter()
+            .map(|(t, _)| Generation { text: String::new(), tokens: vec![], logprobs: vec![], prompt_tokens: t.len(), finish_reason: String::new() })
+            .collect();
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        let mut emitted: Vec<usize> = vec![0; prompts.len()];
+        // Sends what is safe to send; `all` at the end of a sequence.
+        let mut flush = |i: usize, text: &str, all: bool, emitted: &mut Vec<usize>| -> bool {
+            let hold = if all { 0 } else { prompts[i].1.stop.iter().map(|s| s.len()).max().unwrap_or(0) };
+            let mut end = text.len().saturating_sub(hold);
+            while end > emitted[i] && !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            // Undecodable partial bytes show as U+FFFD until complete.
+            if end > emitted[i] && !text[emitted[i]..end].ends_with('\u{FFFD}') {
+                let ok = on_text(i, &text[emitted[i]..end]);
+                emitted[i] = end;
+                return ok;
+            }
+            true
+        };
+        // Sample from the prefill logits, then step.
+        loop {
+            let mut next_active = vec![];
+            let mut step_tokens = vec![];
+            for &i in &active {
+                let params = &prompts[i].1;
+                if out[i].tokens.len() >= params.max_tokens {
+                    out[i].finish_reason = "length".into();
+                    flush(i, &out[i].text.clone(), true, &mut emitted);
+                    continue;
+                }
+                let (id, lp) = samplers[i].sample(&logits[i]);
+                if self.tokenizer.is_end_of_generation(id) {
+                    out[i].finish_reason = "stop".into();
+                    flush(i, &out[i].text.clone(), true, &mut emitted);
+                    continue;
+                }
+                out[i].tokens.push(id);
+                out[i].logprobs.push(lp);
+                let text = self.tokenizer.decode(&out[i].tokens);
+                if let Some(pos) = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+                    out[i].text = text[..pos].to_string();
+                    out[i].finish_reason = "stop".into();
+                    flush(i, &out[i].text.clone(), true, &mut emitted);
+                    continue;
+                }
+                out[i].text = text;
+                if out[i].tokens.len() >= params.max_tokens || caches[i].len() + 1 >= self.model.cfg.context_length {
+                    out[i].finish_reason = "length".into();
+                    flush(i, &out[i].text.clone(), true, &mut emitted);
+                    continue;
+                }
+                if !flush(i, &out[i].text.clone(), false, &mut emitted) {
+                    out[i].finish_reason = "cancelled".into();
+                    continue;
+                }
+                next_active.push(i);
+                step_tokens.push(id);
+            }
+            if next_active.is_empty() {
+                break;
+            }
+            let mut taken: Vec<KvCache> = next_active.iter().map(|&i| std::mem::take(&mut caches[i])).collect();
+            let singles: Vec<[u32; 1]> = step_tokens.iter().map(|&t| [t]).collect();
+            let mut inputs: Vec<SeqInput> = taken.iter_mut().zip(&singles).map(|(c, t)| SeqInput { tokens: t, cache: c, all_logits: false }).collect();
+            let l = self.model.forward(&mut inputs)?;
+            drop(inputs);
+            for ((&i, c), lg) in next_active.iter().zip(taken).zip(l) {
+                caches[i] = c;
+                logits[i] = lg.to_vec1::<f32>().map_err(ModelError::candle)?;
+            }
+            active = next_active;
+        }
+        Ok(out)
+    }
+
+    pub fn generate(&self, prompt: &str, params: &GenParams) -> Result<Generation, ModelError> {
+        let toks = self.encode(prompt);
+        Ok(self.generate_batch(&[(toks, params.clone())])?.remove(0))
+    }
+
+    /// The log-likelihood of each choice as a continuation of the prompt
+    /// (sum of its tokens' log-probabilities): the standard way to use a base
+    /// model for a closed label set. The prompt is computed once.
+    pub fn score_choices(&self, prompt: &[u32], choices: &[String]) -> Result<Vec<f32>, ModelError> {
+        let (caches, last) = self.prefill(&[prompt.to_vec()])?;
+        let first_lp = log_probs(&last[0]);
+        let conts: Vec<Vec<u32>> = choices.iter().map(|c| self.tokenizer.encode(c, false, false)).collect();
+        let mut scores = vec![0f32; choices.len()];
+        let mut cs: Vec<KvCache> = conts.iter().map(|_| caches[0].clone()).collect();
+        // Everything but each choice's last token goes through the model
+        // (the first token's probability comes from the prompt's logits).
+        let feeds: Vec<&[u32]> = conts.iter().map(|c| if c.len() > 1 { &c[..c.len() - 1] } else { &c[..0] }).collect();
+        let mut inputs: Vec<SeqInput> = cs.iter_mut().zip(&feeds).filter(|(_, f)| !f.is_empty()).map(|(c, f)| SeqInput { tokens: f, cache: c, all_logits: true }).collect();
+        let outs = if inputs.is_empty() { vec![] } else { self.model.forward(&mut inputs)? };
+        drop(inputs);
+        let mut oi = 0;
+        for (ci, c) in conts.iter().enumerate() {
+            if c.is_empty() {
+                scores[ci] = f32::NEG_INFINITY;
+                continue;
+            }
+            let mut s = first_lp[c[0] as usize];
+            if c.len() > 1 {
+                let rows = outs[oi].to_vec2::<f32>().map_err(ModelError::candle)?;
+                oi += 1;
+                for (j, row) in rows.iter().enumerate() {
+                    s += log_probs(row)[c[j + 1] as usize];
+                }
+            }
+            scores[ci] = s;
+        }
+        Ok(scores)
+    }
+}

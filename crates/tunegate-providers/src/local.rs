@@ -1,0 +1,193 @@
+//! `local:NAME|PATH`: the embedded model, in this process.
+//!
+//! One model per file is loaded once per process and shared. A worker
+//! thread owns it and serves a queue: requests from concurrent cases that
+//! arrive together are generated as one batch (one forward call per decode
+//! step for all of them), so `--concurrency` turns into batch size.
+
+use crate::{Provider, ProviderError, Request, Response};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tunegate_model::engine::{GenParams, LocalModel};
+use tunegate_model::sample::SamplingParams;
+
+/// Most sequences decoded together in one batch.
+const MAX_BATCH: usize = 16;
+
+/// What a finished request returns.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// `stop`, `length` or `cancelled`.
+    pub finish_reason: String,
+}
+
+/// One request to the model thread.
+pub struct Job {
+    pub tokens: Vec<u32>,
+    pub params: GenParams,
+    /// Score these continuations instead of generating; the best one wins.
+    pub choices: Option<Vec<String>>,
+    /// Receives text as it is generated (streaming); dropping the receiver
+    /// stops the generation.
+    pub stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Completion, String>>,
+}
+
+/// A handle on the process-wide model thread for one model file.
+pub struct LocalEngine {
+    tx: Mutex<mpsc::Sender<Job>>,
+    pub model: Arc<LocalModel>,
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<LocalEngine>>> {
+    static R: OnceLock<Mutex<HashMap<PathBuf, Arc<LocalEngine>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl LocalEngine {
+    /// The engine for a model file, loading it on first use (once per process).
+    pub fn get(path: &Path) -> Result<Arc<LocalEngine>, ProviderError> {
+        let mut reg = registry().lock().unwrap();
+        if let Some(w) = reg.get(path) {
+            return Ok(w.clone());
+        }
+        let model = Arc::new(LocalModel::load(path).map_err(|e| ProviderError::Config(format!("cannot load the local model {}: {e}", path.display())))?);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let m = model.clone();
+        std::thread::Builder::new()
+            .name("tunegate-local-model".into())
+            .spawn(move || serve(m, rx))
+            .map_err(|e| ProviderError::Config(format!("cannot start the model thread: {e}")))?;
+        let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model });
+        reg.insert(path.to_path_buf(), w.clone());
+        Ok(w)
+    }
+
+    /// Queues a job; the answer arrives on the job's `reply`.
+    pub fn submit(&self, job: Job) -> Result<(), ProviderError> {
+        self.tx.lock().unwrap().send(job).map_err(|_| ProviderError::Exec("the model thread stopped".into()))
+    }
+
+    /// Generates (or scores `choices`) for a text prompt.
+    pub async fn complete(&self, text: &str, params: GenParams, choices: Option<Vec<String>>, stream: Option<tokio::sync::mpsc::UnboundedSender<String>>) -> Result<Completion, ProviderError> {
+        let tokens = self.model.tokenizer.encode(text, true, false);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Job { tokens, params, choices, stream, reply: tx })?;
+        rx.await.map_err(|_| ProviderError::Exec("the model thread stopped".into()))?.map_err(ProviderError::Exec)
+    }
+}
+
+fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        // Give concurrent cases a moment to join the batch.
+        let deadline = std::time::Instant::now() + Duration::from_millis(3);
+        while batch.len() < MAX_BATCH {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let (choice_jobs, gen_jobs): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.choices.is_some());
+        for j in choice_jobs {
+            let choices = j.choices.clone().unwrap_or_default();
+            let res = model.score_choices(&j.tokens, &choices).map_err(|e| e.to_string()).map(|scores| {
+                let best = scores.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(i, _)| i).unwrap_or(0);
+                let label = choices[best].trim().to_string();
+                if let Some(s) = &j.stream {
+                    let _ = s.send(label.clone());
+                }
+                let n = model.tokenizer.encode(&choices[best], false, false).len();
+                Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into() }
+            });
+            let _ = j.reply.send(res);
+        }
+        if gen_jobs.is_empty() {
+            continue;
+        }
+        let inputs: Vec<(Vec<u32>, GenParams)> = gen_jobs.iter().map(|j| (j.tokens.clone(), j.params.clone())).collect();
+        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<String>>> = gen_jobs.iter().map(|j| j.stream.clone()).collect();
+        let mut on_text = |i: usize, delta: &str| match &streams[i] {
+            Some(s) => s.send(delta.to_string()).is_ok(),
+            None => true,
+        };
+        match model.generate_batch_stream(&inputs, &mut on_text) {
+            Ok(gens) => {
+                for (j, g) in gen_jobs.into_iter().zip(gens) {
+                    let _ = j.reply.send(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason }));
+                }
+            }
+            Err(e) => {
+                for j in gen_jobs {
+                    let _ = j.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Generation settings from a task's provider params; local defaults:
+/// greedy, 64 new tokens.
+pub fn gen_params(p: &tunegate_core::Params) -> GenParams {
+    GenParams {
+        max_tokens: p.max_tokens.unwrap_or(64) as usize,
+        sampling: SamplingParams { temperature: p.temperature.unwrap_or(0.0) as f32, top_k: p.top_k.map(|k| k as usize), top_p: p.top_p.map(|x| x as f32), seed: p.seed.unwrap_or(0) },
+        stop: p.stop.clone(),
+    }
+}
+
+pub struct LocalProvider {
+    name: String,
+    path: PathBuf,
+    identity: String,
+}
+
+impl LocalProvider {
+    /// `model` is `gemma-3-270m` (the embedded model) or a GGUF path. The
+    /// file is loaded lazily, on the first call.
+    pub fn new(name: &str, model: &str, task_dir: &Path) -> Result<Self, ProviderError> {
+        let candidate = task_dir.join(model);
+        let path = if candidate.is_file() {
+            candidate
+        } else {
+            tunegate_model::resolve_model(model).map_err(|e| ProviderError::Config(e.to_string()))?
+        };
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}", path.display()), path })
+    }
+}
+
+/// Turns chat messages into the text a base model continues: the system
+/// text, a blank line, the user text (base models have no chat template).
+pub fn prompt_text(req: &Request) -> String {
+    tunegate_core::template::flatten_messages(&req.messages)
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+    async fn complete(&self, req: &Request) -> Result<Response, ProviderError> {
+        let path = self.path.clone();
+        let engine = tokio::task::spawn_blocking(move || LocalEngine::get(&path)).await.map_err(|e| ProviderError::Config(e.to_string()))??;
+        let text = prompt_text(req);
+        // A label continues the prompt after a space unless it ends in one.
+        let choices = req.params.choices.as_ref().map(|cs| {
+            let sep = if text.ends_with(char::is_whitespace) { "" } else { " " };
+            cs.iter().map(|c| format!("{sep}{c}")).collect::<Vec<_>>()
+        });
+        let c = engine.complete(&text, gen_params(&req.params), choices, None).await?;
+        Ok(Response { output: c.text, prompt_tokens: Some(c.prompt_tokens as u64), completion_tokens: Some(c.completion_tokens as u64), cost_usd: Some(0.0) })
+    }
+}
