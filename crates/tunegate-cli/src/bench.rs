@@ -13,6 +13,26 @@ pub enum BenchCommand {
     /// The harness alone: the echo provider over N cases x P prompts, through
     /// the real path (task file, templates, scorers, SQLite store).
     Harness(HarnessArgs),
+    /// The local model: prefill and decode tokens/s, batched eval cases/s, peak RSS.
+    Model(ModelBenchArgs),
+}
+
+#[derive(Args)]
+pub struct ModelBenchArgs {
+    #[arg(long, default_value = "gemma-3-270m")]
+    pub model: String,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 103)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Classification cases for the eval-throughput measurement.
+    #[arg(long, default_value_t = 48)]
+    pub cases: usize,
+    /// Sequences decoded together in the batched measurement.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
 }
 
 #[derive(Args)]
@@ -31,6 +51,7 @@ pub struct HarnessArgs {
 pub fn run(c: BenchCommand) -> Result<ExitCode> {
     match c {
         BenchCommand::Harness(a) => harness(a),
+        BenchCommand::Model(a) => model_bench(a),
     }
 }
 
@@ -102,5 +123,100 @@ fn harness(a: HarnessArgs) -> Result<ExitCode> {
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+const ROUTING: &str = "You route customer messages to the team that handles them. The teams are billing (charges, refunds, invoices), technical (apps, devices, errors), account (sign-in, profiles, household members), shipping (deliveries, returns, damaged parcels) and other.\n\n";
+const MESSAGES: [&str; 12] = [
+    "I was charged twice for my March subscription.",
+    "The app crashes every time I open the settings page.",
+    "I forgot my password and the reset email never arrives.",
+    "My package has not arrived and tracking has not moved in a week.",
+    "Do you have an office in Lisbon?",
+    "The invoice shows the wrong VAT number.",
+    "My files stopped syncing between my laptop and phone.",
+    "How do I change the email address on my account?",
+    "The parcel arrived damaged and the box was soaked.",
+    "Can I get a refund for the annual plan I bought yesterday?",
+    "The thermostat shows error E42 after the update.",
+    "Please add my partner to our household account.",
+];
+const TEAMS: [&str; 12] = ["billing", "technical", "account", "shipping", "other", "billing", "technical", "account", "shipping", "billing", "technical", "account"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Prefill and decode as llama.cpp's own benchmark does them (one prompt
+/// in one call, then one token per call), plus the eval-shaped workload:
+/// many short classification prompts, one at a time and batched.
+fn model_bench(a: ModelBenchArgs) -> Result<ExitCode> {
+    use tunegate_model::gemma3::SeqInput;
+    use tunegate_model::sample::argmax;
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::commands::usage(e.to_string()))?;
+    let t0 = Instant::now();
+    let lm = tunegate_model::LocalModel::load(&path)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let m = &lm.model;
+    let mut text = String::from(ROUTING);
+    while lm.tokenizer.encode(&text, true, false).len() < a.prompt_tokens {
+        for (msg, t) in MESSAGES.iter().zip(TEAMS) {
+            text.push_str(&format!("Message: {msg}\nTeam: {t}\n\n"));
+        }
+    }
+    let prompt: Vec<u32> = lm.tokenizer.encode(&text, true, false)[..a.prompt_tokens].to_vec();
+    let (mut pre, mut dec) = (vec![], vec![]);
+    for run in 0..4 {
+        let mut cache = m.new_cache();
+        let t = Instant::now();
+        let mut logits = m.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, all_logits: false }])?.remove(0).to_vec1::<f32>()?;
+        let p = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..a.decode_tokens {
+            let id = argmax(&logits);
+            logits = m.forward(&mut [SeqInput { tokens: &[id], cache: &mut cache, all_logits: false }])?.remove(0).to_vec1::<f32>()?;
+        }
+        let d = t.elapsed().as_secs_f64();
+        if run > 0 {
+            // The first run warms caches and the allocator, as llama.cpp's bench does.
+            pre.push(a.prompt_tokens as f64 / p);
+            dec.push(a.decode_tokens as f64 / d);
+        }
+    }
+    // Eval-shaped: short few-shot-free classification prompts, 4 new tokens.
+    let prompts: Vec<Vec<u32>> = (0..a.cases).map(|i| lm.tokenizer.encode(&format!("{ROUTING}Message: {} (case {i})\nTeam:", MESSAGES[i % MESSAGES.len()]), true, false)).collect();
+    let gp = tunegate_model::GenParams { max_tokens: 4, stop: vec!["\n".into()], ..Default::default() };
+    let t = Instant::now();
+    for p in &prompts {
+        lm.generate_batch(&[(p.clone(), gp.clone())])?;
+    }
+    let seq_cps = a.cases as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for chunk in prompts.chunks(a.batch.max(1)) {
+        let batch: Vec<(Vec<u32>, tunegate_model::GenParams)> = chunk.iter().map(|p| (p.clone(), gp.clone())).collect();
+        lm.generate_batch(&batch)?;
+    }
+    let batch_cps = a.cases as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "bench": "model",
+            "tool": "tunegate",
+            "model": path.file_name().map(|f| f.to_string_lossy().to_string()),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "load_s": load_s,
+            "prompt_tokens": a.prompt_tokens,
+            "prefill_tok_s": median(pre),
+            "decode_tokens": a.decode_tokens,
+            "decode_tok_s": median(dec),
+            "eval_cases": a.cases,
+            "eval_prompt_tokens_mean": prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len() as f64,
+            "eval_sequential_cases_per_s": seq_cps,
+            "eval_batched_cases_per_s": batch_cps,
+            "batch": a.batch,
+            "peak_rss_mb": peak_rss_mb(),
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }

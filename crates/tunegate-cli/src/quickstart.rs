@@ -34,8 +34,8 @@ pub struct QuickstartArgs {
     /// Overwrite the example files in --dir (the run store is kept).
     #[arg(long)]
     pub fresh: bool,
-    /// Cases in flight at once.
-    #[arg(long, default_value_t = 8)]
+    /// Cases in flight at once (the local model batches up to 16 together).
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 }
 

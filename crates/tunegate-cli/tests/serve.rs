@@ -1,0 +1,144 @@
+//! `tunegate serve` as a client sees it: a real server process on
+//! 127.0.0.1 with the real model, raw sockets for the abuse cases, and the
+//! openai-compatible provider running an eval against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn model_present() -> bool {
+    let home = std::env::var("TUNEGATE_HOME").map(|h| format!("{h}/models")).or_else(|_| std::env::var("XDG_CACHE_HOME").map(|x| format!("{x}/tunegate/models"))).unwrap_or_else(|_| format!("{}/.cache/tunegate/models", std::env::var("HOME").unwrap_or_default()));
+    let p = std::path::Path::new(&home).join("gemma-3-270m-q4_k_m.gguf");
+    if !p.is_file() {
+        eprintln!("SKIPPED: model file not found at {}; run scripts/fetch-model.sh", p.display());
+        return false;
+    }
+    true
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(extra: &[&str]) -> Server {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["serve", "--addr", &addr]).args(extra).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Server { child, port }
+}
+
+/// One raw HTTP/1.1 request; returns (status, body).
+fn http(port: u16, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = key.map(|k| format!("authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_speaks_openai_and_survives_bad_clients() {
+    if !model_present() {
+        return;
+    }
+    let srv = start(&["--api-key", "test-key", "--max-body", "4096"]);
+    let p = srv.port;
+    // Auth.
+    assert_eq!(http(p, "GET", "/v1/models", None, "").0, 401);
+    assert_eq!(http(p, "GET", "/v1/models", Some("wrong"), "").0, 401);
+    let (st, body) = http(p, "GET", "/v1/models", Some("test-key"), "");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"gemma-3-270m\""), "{body}");
+    // A chat completion.
+    let req = r#"{"model": "gemma-3-270m", "messages": [{"role": "user", "content": "The capital of France is"}], "max_tokens": 8, "temperature": 0}"#;
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), req);
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().len() > 0);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    // Completions.
+    let (st, body) = http(p, "POST", "/v1/completions", Some("test-key"), r#"{"prompt": "1, 2, 3,", "max_tokens": 4}"#);
+    assert_eq!(st, 200, "{body}");
+    // Malformed JSON, wrong shapes, unknown model: JSON errors, server alive.
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), "{\"messages\": [");
+    assert_eq!(st, 400);
+    assert!(body.contains("not valid JSON"), "{body}");
+    assert_eq!(http(p, "POST", "/v1/chat/completions", Some("test-key"), r#"{"messages": "hi"}"#).0, 400);
+    assert_eq!(http(p, "POST", "/v1/chat/completions", Some("test-key"), r#"{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}"#).0, 404);
+    // Oversized body.
+    let big = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "x".repeat(10_000));
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), &big);
+    assert_eq!(st, 413, "{body}");
+    // A streaming client that disconnects after the first event.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+        let req = r#"{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 200, "stream": true}"#;
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer test-key\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{req}", req.len()).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let t0 = Instant::now();
+        while !line.starts_with("data: ") {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(60));
+        }
+        assert!(line.contains("chat.completion.chunk"), "{line}");
+    } // dropped mid-stream
+    // A full stream ends with [DONE].
+    let req = r#"{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "stream": true}"#;
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), req);
+    assert_eq!(st, 200);
+    assert!(body.contains("data: [DONE]"), "{body}");
+    // Still serving after all that.
+    assert_eq!(http(p, "GET", "/v1/models", Some("test-key"), "").0, 200);
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_allow_remote() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["serve", "--addr", "0.0.0.0:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}
+
+#[test]
+fn openai_compatible_provider_evaluates_against_serve() {
+    if !model_present() {
+        return;
+    }
+    let srv = start(&["--api-key", "serve-secret"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), "{\"input\": \"The capital of France is\", \"expected\": \"Paris\"}\n{\"input\": \"1, 2, 3,\", \"expected\": \"4\"}\n").unwrap();
+    let yaml = format!(
+        "version: 1\ntask:\n  name: s\n  kind: generation\nprompts:\n  - id: p\n    template: \"{{{{ input }}}}\"\nproviders:\n  - id: openai-compatible:gemma-3-270m\n    base_url: http://127.0.0.1:{}/v1\n    api_key_env: SERVE_KEY\n    params: {{ temperature: 0, max_tokens: 6 }}\ndata:\n  eval: data/eval.jsonl\nassert:\n  - type: icontains\n",
+        srv.port
+    );
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["eval", "--no-progress", "--format", "json"]).current_dir(dir.path()).env("SERVE_KEY", "serve-secret").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["summary"]["errors"], 0, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    assert!(v["results"][0]["completion_tokens"].as_u64().unwrap() > 0);
+}
