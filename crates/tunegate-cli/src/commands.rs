@@ -131,6 +131,16 @@ pub struct EvalArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// CI gate: compare with this run (same prompt@provider groups) and exit 1
+    /// when the new run is significantly worse (McNemar, --alpha).
+    #[arg(long, value_name = "RUN")]
+    pub baseline: Option<String>,
+    /// With --baseline: also exit 1 when a pass rate drops by more than this (0..1).
+    #[arg(long, value_name = "X")]
+    pub max_regression: Option<f64>,
+    /// Significance level for --baseline.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
 }
 
 fn load_task(path: &PathBuf) -> Result<Task> {
@@ -146,6 +156,22 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     let path = crate::task_path(&a.config);
     let task = load_task(&path)?;
     let prep = tunegate_run::prepare(task)?;
+    if let Some(x) = a.max_regression {
+        if !(0.0..=1.0).contains(&x) || a.baseline.is_none() {
+            return Err(usage("--max-regression takes a value in 0..1 and needs --baseline"));
+        }
+    }
+    // Resolve the baseline before running, so a typo fails in the first second.
+    let base_side = match &a.baseline {
+        Some(b) => {
+            let sp = store_path_for(&path);
+            if !sp.exists() {
+                return Err(usage(format!("--baseline {b}: there is no run store yet at {}", sp.display())));
+            }
+            Some(tunegate_run::compare::resolve_side(&Store::open(&sp)?, b)?)
+        }
+        None => None,
+    };
     let env = |k: &str| std::env::var(k).ok();
     let mut providers = vec![];
     for spec in &prep.task.file.providers {
@@ -186,7 +212,41 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     progress.finish();
     let store = Store::open(&store_path_for(&path))?;
     let summary = tunegate_run::summarize(&store, &outcome.run_id)?;
-    output::write_eval(&store, &summary, &outcome, a.format, a.output.as_deref())?;
+    // The baseline gate: every group the two runs share, compared paired.
+    let gate = match &base_side {
+        Some(b) => {
+            let new = tunegate_run::compare::Side { run_id: outcome.run_id.clone(), prompt: None, provider: None };
+            crate::compare::comparisons(&store, b, &new, a.alpha, 0)?
+        }
+        None => vec![],
+    };
+    output::write_eval(&store, &summary, &outcome, a.format, a.output.as_deref(), &gate)?;
+    let mut gate_failed = false;
+    for c in &gate {
+        let drop = c.pass_rate_a - c.pass_rate_b;
+        let too_big = a.max_regression.map(|x| drop > x).unwrap_or(false);
+        if c.better == Some(false) || too_big {
+            gate_failed = true;
+            eprintln!(
+                "baseline gate: {} regressed against {}: {} -> {} ({} regressions, McNemar p = {}){}",
+                c.b.label(),
+                c.a.label(),
+                output::pct(c.pass_rate_a),
+                output::pct(c.pass_rate_b),
+                c.mcnemar.regressions,
+                tunegate_run::compare::fmt_p(c.mcnemar.p_value),
+                if too_big { format!("; drop over --max-regression {}", a.max_regression.unwrap_or(0.0)) } else { String::new() }
+            );
+        }
+    }
+    if a.baseline.is_some() {
+        if gate_failed {
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("baseline gate: no significant regression against {}", a.baseline.as_deref().unwrap_or(""));
+        // With a baseline the gate decides the exit code, not absolute failures.
+        return Ok(if outcome.interrupted { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
     let below = a.threshold.map(|t| summary.groups.iter().any(|g| g.pass_rate < t)).unwrap_or(false);
     if outcome.interrupted {
         eprintln!("run {} is incomplete ({} of {} cases); continue with: tunegate eval -c {} --resume {}", outcome.run_id, store.count_results(&outcome.run_id)?, outcome.planned, path.display(), outcome.run_id);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod compare;
 mod init;
 mod model;
 mod quickstart;
@@ -40,6 +41,8 @@ enum Command {
     Init(commands::InitArgs),
     /// Evaluate every prompt x provider x case; cached, concurrent, resumable.
     Eval(commands::EvalArgs),
+    /// Before/after on the same cases: McNemar, paired bootstrap, regressions.
+    Compare(compare::CompareArgs),
     /// List the runs in the store, newest first.
     Runs(commands::RunsArgs),
     /// Show one run case by case, failures first.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init(a),
         Command::Eval(a) => commands::eval(a),
         Command::Runs(a) => commands::runs(a),
+        Command::Compare(a) => compare::run(a),
         Command::Show(a) => commands::show(a),
         Command::Bench(b) => bench::run(b),
         Command::Quickstart(a) => quickstart::run(a),

@@ -82,7 +82,7 @@ pub fn summary_table(s: &RunSummary) -> String {
     table(&["prompt", "provider", "passed", "pass rate", "95% CI", "score", "macro-F1", "errors", "tokens in/out", "cost", "p50/p95 ms"], &rows)
 }
 
-pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format, out: Option<&Path>) -> Result<()> {
+pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format, out: Option<&Path>, baseline: &[tunegate_run::compare::Comparison]) -> Result<()> {
     let mut w = sink(out)?;
     match format {
         Format::Text => {
@@ -109,17 +109,30 @@ pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format,
             if s.failed + s.errors > 0 {
                 writeln!(w, "see the failures: tunegate show {} --failed", s.run_id)?;
             }
+            for c in baseline {
+                writeln!(
+                    w,
+                    "vs baseline {}: {} -> {} · {} improvements, {} regressions · McNemar p = {} · {}",
+                    c.a.label(),
+                    pct(c.pass_rate_a),
+                    pct(c.pass_rate_b),
+                    c.mcnemar.improvements,
+                    c.mcnemar.regressions,
+                    tunegate_run::compare::fmt_p(c.mcnemar.p_value),
+                    c.verdict
+                )?;
+            }
         }
         Format::Json => {
             let mut results = vec![];
             store.for_each_result(&s.run_id, true, |r| results.push(r))?;
-            let v = json!({"run_id": s.run_id, "outcome": o, "summary": s, "results": results});
+            let v = json!({"run_id": s.run_id, "outcome": o, "summary": s, "baseline": baseline, "results": results});
             serde_json::to_writer_pretty(&mut w, &v)?;
             writeln!(w)?;
         }
         Format::Jsonl => write_rows_jsonl(store, &s.run_id, &mut w)?,
         Format::Csv => write_rows_csv(store, &s.run_id, &mut w)?,
-        Format::Junit => write_junit(store, s, &mut w)?,
+        Format::Junit => write_junit(store, s, baseline, &mut w)?,
     }
     w.flush()?;
     Ok(())
@@ -198,7 +211,7 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn write_junit(store: &Store, s: &RunSummary, w: &mut dyn Write) -> Result<()> {
+fn write_junit(store: &Store, s: &RunSummary, baseline: &[tunegate_run::compare::Comparison], w: &mut dyn Write) -> Result<()> {
     writeln!(w, r#"<?xml version="1.0" encoding="UTF-8"?>"#)?;
     writeln!(w, r#"<testsuites name="tunegate {}" tests="{}" failures="{}" errors="{}">"#, xml(&s.run_id), s.total, s.failed, s.errors)?;
     let mut buf: std::collections::BTreeMap<(String, String), Vec<ResultRow>> = Default::default();
@@ -223,6 +236,28 @@ fn write_junit(store: &Store, s: &RunSummary, w: &mut dyn Write) -> Result<()> {
             } else {
                 writeln!(w, "/>")?;
             }
+        }
+        writeln!(w, "  </testsuite>")?;
+    }
+    // The baseline gate: each regression (passed in the baseline, fails now) is a failure.
+    for c in baseline {
+        let name = format!("baseline {} vs {}", c.a.label(), c.b.label());
+        writeln!(w, r#"  <testsuite name="{}" tests="{}" failures="{}">"#, xml(&name), c.paired, c.mcnemar.regressions)?;
+        writeln!(w, r#"    <testcase classname="baseline" name="{}"{}"#, xml(&c.verdict), if c.better == Some(false) { ">" } else { "/>" })?;
+        if c.better == Some(false) {
+            writeln!(w, "      <failure message=\"{}\"/>\n    </testcase>", xml(&c.verdict))?;
+        }
+        for r in &c.regressions {
+            writeln!(
+                w,
+                "    <testcase classname=\"regression\" name=\"{} (line {})\">\n      <failure message=\"passed in the baseline, fails now\">input: {}\nexpected: {}\nbaseline: {}\nnow: {}</failure>\n    </testcase>",
+                xml(&r.case_id),
+                r.line,
+                xml(&r.input),
+                xml(r.expected.as_deref().unwrap_or("")),
+                xml(r.output_a.as_deref().unwrap_or("")),
+                xml(r.output_b.as_deref().unwrap_or(""))
+            )?;
         }
         writeln!(w, "  </testsuite>")?;
     }
@@ -277,7 +312,7 @@ pub fn write_show(store: &Store, s: &RunSummary, failed_only: bool, limit: usize
     if format != Format::Text {
         let o = RunOutcome { run_id: s.run_id.clone(), planned: s.run.planned, ..Default::default() };
         drop(w);
-        return write_eval(store, s, &o, format, out);
+        return write_eval(store, s, &o, format, out, &[]);
     }
     writeln!(w, "run {} · {} · {} · task {} · status {}", s.run_id, s.run.created_at, s.run.kind, s.run.task_name, s.run.status)?;
     write!(w, "\n{}", summary_table(s))?;

@@ -183,3 +183,43 @@ fn output_formats_carry_the_run_id_and_threshold_sets_the_exit_code() {
     let (out, _) = text(&o);
     assert!(out.contains(&run_id) && !out.contains("\npass "), "{out}");
 }
+
+#[test]
+fn compare_and_the_baseline_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let data: String = (0..40).map(|i| format!("{{\"id\": \"c{i}\", \"input\": \"message {i}\", \"expected\": \"{}\"}}\n", if i % 2 == 0 { "billing" } else { "other" })).collect();
+    std::fs::write(dir.path().join("data/eval.jsonl"), data).unwrap();
+    // v1 answers right; v2 answers "billing" to everything (wrong on odd cases).
+    std::fs::write(dir.path().join("v1.sh"), "read line; n=${line##* }; if [ $((n % 2)) -eq 0 ]; then echo billing; else echo other; fi\n").unwrap();
+    std::fs::write(dir.path().join("v2.sh"), "cat > /dev/null; echo billing\n").unwrap();
+    let yaml = |script: &str| format!("version: 1\ntask:\n  name: g\n  kind: classification\n  labels: [billing, other]\nprompts:\n  - id: p\n    template: \"{{{{ input }}}}\"\nproviders:\n  - id: exec:sh {script}\n    label: model\ndata:\n  eval: data/eval.jsonl\n");
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml("v1.sh")).unwrap();
+    let o = tg(&["eval", "--no-progress", "--format", "json"], dir.path());
+    let base: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let base_id = base["run_id"].as_str().unwrap().to_string();
+    // An unchanged model passes the gate.
+    let o = tg(&["eval", "--no-progress", "--baseline", &base_id], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert!(text(&o).1.contains("no significant regression"));
+    // A worse model fails it, and JUnit lists the regressions.
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml("v2.sh")).unwrap();
+    let o = tg(&["eval", "--no-progress", "--baseline", &base_id, "--format", "junit", "-o", "gate.xml"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(text(&o).1.contains("regressed"), "{:?}", text(&o));
+    let xml = std::fs::read_to_string(dir.path().join("gate.xml")).unwrap();
+    assert_eq!(xml.matches("classname=\"regression\"").count(), 20, "{xml}");
+    // compare: B is worse, with plainly named JSON fields.
+    let o = tg(&["compare", &base_id, "latest", "--format", "json"], dir.path());
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{:?}", text(&o)));
+    assert_eq!(c["mcnemar"]["regressions"], 20);
+    assert_eq!(c["mcnemar"]["improvements"], 0);
+    assert!(c["mcnemar"]["p_value"].as_f64().unwrap() < 1e-5);
+    assert_eq!(c["better"], false);
+    assert!(c["bootstrap"]["pass_rate_diff"]["high"].as_f64().unwrap() < 0.0);
+    let o = tg(&["compare", &base_id, "latest"], dir.path());
+    let (out, _) = text(&o);
+    assert!(out.contains("Verdict: B is worse") && out.contains("Regressions (passed in A, failed in B): 20"), "{out}");
+    // A selector that names nothing is a usage error.
+    assert_eq!(tg(&["compare", &base_id, "nope@none"], dir.path()).status.code(), Some(2));
+}

@@ -2,8 +2,10 @@
 //! statistics. Pure logic: it reads the user's files and nothing else (no
 //! HTTP, no database, no model), so every rule here is testable in isolation.
 
+pub mod data;
 pub mod dataset;
 pub mod error;
+pub mod paired;
 pub mod revision;
 pub mod scorers;
 pub mod stats;

@@ -4,6 +4,7 @@
 //! sinks. The store is the first sink: a case counts as done exactly when
 //! its row is committed, which is what makes `--resume` exact.
 
+pub mod compare;
 pub mod prepare;
 pub mod runner;
 pub mod summary;
