@@ -90,9 +90,31 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
             summary.run_id
         );
     }
+    // The paired view of the prompt choice on the local model: the shortest
+    // prompt (the one a tuned model would keep) against the best variant.
+    let local: Vec<&tunegate_run::GroupSummary> = summary.groups.iter().filter(|g| g.provider.starts_with("local:")).collect();
+    if let (Some(short), Some(best)) = (local.iter().find(|g| g.prompt == "bare"), local.iter().max_by(|x, y| x.pass_rate.partial_cmp(&y.pass_rate).unwrap_or(std::cmp::Ordering::Equal))) {
+        if short.prompt != best.prompt {
+            let side = |g: &tunegate_run::GroupSummary| tunegate_run::compare::Side { run_id: summary.run_id.clone(), prompt: Some(g.prompt.clone()), provider: Some(g.provider.clone()) };
+            let c = tunegate_run::compare::compare(&store, &side(short), &side(best), 0.05, 0)?;
+            println!(
+                "Paired, on {}: `{}` {} vs `{}` {}: {} improvements, {} regressions, McNemar p = {}; {}.",
+                short.provider,
+                short.prompt,
+                output::pct(c.pass_rate_a),
+                best.prompt,
+                output::pct(c.pass_rate_b),
+                c.mcnemar.improvements,
+                c.mcnemar.regressions,
+                tunegate_run::compare::fmt_p(c.mcnemar.p_value),
+                c.verdict
+            );
+            println!("Details: tunegate compare {}:{}@{} {}:{}@{} -c {}", summary.run_id, short.prompt, short.provider, summary.run_id, best.prompt, best.provider, cfg.display());
+        }
+    }
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
-        "Not built yet, so not run here: the advisor (advise), LoRA tuning (tune), before/after comparison (compare) and the HTML report; quickstart grows as they land."
+        "Not built yet, so not run here: the advisor (advise), LoRA tuning (tune) with the tuned model's before/after comparison, and the HTML report; quickstart grows as they land."
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,8 @@ impl Side {
 /// Resolves `RUN`, `latest`, `latest~N`, `RUN:prompt@provider` or
 /// `prompt@provider` (the newest run that has that group).
 pub fn resolve_side(store: &Store, sel: &str) -> Result<Side, StoreError> {
-    let (run_part, group) = match sel.rsplit_once(':') {
+    // Run ids have no ':' or '@'; provider names may contain ':'.
+    let (run_part, group) = match sel.split_once(':') {
         Some((r, g)) if g.contains('@') && !r.is_empty() && !r.contains('@') && store.resolve_run(r).is_ok() => (Some(r), Some(g)),
         _ if sel.contains('@') => (None, Some(sel)),
         _ => (Some(sel), None),

@@ -69,6 +69,8 @@ fn pairs_by_case_and_reports_what_is_not_paired() {
     s.insert_results(&b, &[]).unwrap();
     let sa = resolve_side(&s, "ra").unwrap();
     let sb = resolve_side(&s, "rb:p@m").unwrap();
+    let colon = resolve_side(&s, "rb:p@local:m");
+    assert!(matches!(colon, Ok(ref x) if x.provider.as_deref() == Some("local:m")), "{colon:?}");
     assert_eq!(sb.prompt.as_deref(), Some("p"));
     let c = compare(&s, &sa, &sb, 0.05, 0).unwrap();
     assert_eq!(c.paired, 20);
