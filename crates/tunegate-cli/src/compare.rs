@@ -86,6 +86,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         None => Box::new(std::io::stdout().lock()),
     };
     match a.format {
+        Format::Html => w.write_all(crate::html::compare_report(&cs).as_bytes())?,
         Format::Json | Format::Jsonl => {
             let v = if cs.len() == 1 { serde_json::to_value(&cs[0])? } else { serde_json::to_value(&cs)? };
             writeln!(w, "{}", serde_json::to_string_pretty(&v)?)?;

@@ -4,12 +4,15 @@
 mod bench;
 mod commands;
 mod compare;
+mod data;
+mod html;
 mod init;
 mod model;
 mod quickstart;
 mod serve;
 mod output;
 mod progress;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +60,9 @@ enum Command {
     /// Benchmarks that print JSON (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Fine-tuning data: check (duplicates, conflicts, leakage), split, export.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare::run(a),
         Command::Show(a) => commands::show(a),
         Command::Bench(b) => bench::run(b),
+        Command::Data(d) => data::run(d),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),

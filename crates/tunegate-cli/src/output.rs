@@ -15,6 +15,8 @@ pub enum Format {
     Jsonl,
     Csv,
     Junit,
+    /// One self-contained HTML file.
+    Html,
 }
 
 fn sink(out: Option<&Path>) -> Result<Box<dyn Write>> {
@@ -133,6 +135,7 @@ pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format,
         Format::Jsonl => write_rows_jsonl(store, &s.run_id, &mut w)?,
         Format::Csv => write_rows_csv(store, &s.run_id, &mut w)?,
         Format::Junit => write_junit(store, s, baseline, &mut w)?,
+        Format::Html => w.write_all(crate::html::eval_report(store, s, baseline)?.as_bytes())?,
     }
     w.flush()?;
     Ok(())

@@ -78,6 +78,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     let store = Store::open(&store_path_for(&cfg))?;
     let summary = tunegate_run::summarize(&store, &outcome.run_id)?;
     println!("{}", output::summary_table(&summary));
+    let mut comparisons = vec![];
     let best = summary.groups.iter().max_by(|x, y| x.pass_rate.partial_cmp(&y.pass_rate).unwrap_or(std::cmp::Ordering::Equal));
     if let Some(b) = best {
         println!(
@@ -110,8 +111,12 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
                 c.verdict
             );
             println!("Details: tunegate compare {}:{}@{} {}:{}@{} -c {}", summary.run_id, short.prompt, short.provider, summary.run_id, best.prompt, best.provider, cfg.display());
+            comparisons.push(c);
         }
     }
+    let report = a.dir.join("report.html");
+    std::fs::write(&report, crate::html::eval_report(&store, &summary, &comparisons)?).with_context(|| format!("cannot write {}", report.display()))?;
+    println!("Report (one self-contained HTML file): {}", report.display());
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
         "Not built yet, so not run here: the advisor (advise), LoRA tuning (tune) with the tuned model's before/after comparison, and the HTML report; quickstart grows as they land."

@@ -61,8 +61,8 @@ pub fn load_cases(path: &Path) -> Result<Vec<Case>, InputError> {
     })?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut cases = match ext.as_str() {
-        "csv" => parse_csv(path, &text)?,
-        "jsonl" | "json" | "ndjson" => parse_jsonl(path, &text)?,
+        "csv" => parse_csv(path, &text, None)?,
+        "jsonl" | "json" | "ndjson" => parse_jsonl(path, &text, None)?,
         other => {
             return Err(InputError::new(path, format!("unsupported dataset extension `.{other}`")).hint("use .jsonl or .csv"))
         }
@@ -70,11 +70,54 @@ pub fn load_cases(path: &Path) -> Result<Vec<Case>, InputError> {
     if cases.is_empty() {
         return Err(InputError::new(path, "the dataset has no cases").hint("add one JSON object per line, e.g. {\"input\": \"...\", \"expected\": \"...\"}"));
     }
-    assign_ids(path, &mut cases)?;
+    assign_ids(path, &mut cases, None)?;
     Ok(cases)
 }
 
-fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
+/// A dataset read without stopping at the first bad line: the cases that
+/// parsed, and one error per line that did not. `tunegate data check` uses
+/// it to report every malformed line at once instead of one per run.
+#[derive(Debug, Clone)]
+pub struct TolerantLoad {
+    pub cases: Vec<Case>,
+    pub bad_lines: Vec<InputError>,
+    /// The file's text, so callers can copy lines through verbatim.
+    pub text: String,
+}
+
+/// Like [`load_cases`], but a malformed line (bad JSON, unknown field,
+/// duplicate id, ...) is collected in `bad_lines` and reading goes on. Only a
+/// file that cannot be read at all, or has an unsupported extension, is an error.
+pub fn load_cases_tolerant(path: &Path) -> Result<TolerantLoad, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        InputError::new(path, format!("cannot read dataset: {e}")).hint("check the path under `data:` in the task file")
+    })?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let mut bad = vec![];
+    let mut cases = match ext.as_str() {
+        "csv" => parse_csv(path, &text, Some(&mut bad))?,
+        "jsonl" | "json" | "ndjson" => parse_jsonl(path, &text, Some(&mut bad))?,
+        other => {
+            return Err(InputError::new(path, format!("unsupported dataset extension `.{other}`")).hint("use .jsonl or .csv"))
+        }
+    };
+    assign_ids(path, &mut cases, Some(&mut bad))?;
+    bad.sort_by_key(|e| e.line);
+    Ok(TolerantLoad { cases, bad_lines: bad, text })
+}
+
+/// Either records a per-line error and goes on (tolerant reading) or fails.
+fn on_bad(bad: &mut Option<&mut Vec<InputError>>, e: InputError) -> Result<(), InputError> {
+    match bad {
+        Some(v) => {
+            v.push(e);
+            Ok(())
+        }
+        None => Err(e),
+    }
+}
+
+fn parse_jsonl(path: &Path, text: &str, mut bad: Option<&mut Vec<InputError>>) -> Result<Vec<Case>, InputError> {
     let mut out = vec![];
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -82,13 +125,21 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
         if raw.is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(raw).map_err(|e| {
-            InputError::new(path, format!("not valid JSON: {e}")).line(line).hint("each line must be one JSON object")
-        })?;
-        let Value::Object(obj) = v else {
-            return Err(InputError::new(path, "expected a JSON object").line(line));
+        let v: Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                on_bad(&mut bad, InputError::new(path, format!("not valid JSON: {e}")).line(line).hint("each line must be one JSON object"))?;
+                continue;
+            }
         };
-        out.push(case_from_object(path, line, obj)?);
+        let Value::Object(obj) = v else {
+            on_bad(&mut bad, InputError::new(path, "expected a JSON object").line(line))?;
+            continue;
+        };
+        match case_from_object(path, line, obj) {
+            Ok(c) => out.push(c),
+            Err(e) => on_bad(&mut bad, e)?,
+        }
     }
     Ok(out)
 }
@@ -145,7 +196,7 @@ fn split_tags(s: &str) -> Vec<String> {
     s.split([';', ',', '|']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
-fn parse_csv(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
+fn parse_csv(path: &Path, text: &str, mut bad: Option<&mut Vec<InputError>>) -> Result<Vec<Case>, InputError> {
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let headers = rdr
         .headers()
@@ -160,10 +211,14 @@ fn parse_csv(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
     }
     let mut out = vec![];
     for rec in rdr.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line() as usize);
-            InputError::new(path, format!("bad CSV row: {e}")).line(line)
-        })?;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize);
+                on_bad(&mut bad, InputError::new(path, format!("bad CSV row: {e}")).line(line))?;
+                continue;
+            }
+        };
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         if rec.len() == 1 && rec.get(0).map(|s| s.trim().is_empty()).unwrap_or(true) {
             continue; // blank line
@@ -175,7 +230,8 @@ fn parse_csv(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
             } else {
                 format!("row has {} fields but the header has {}", rec.len(), headers.len())
             };
-            return Err(InputError::new(path, msg).line(line).field(missing.first().copied().unwrap_or("row").to_string()).hint("quote fields that contain commas"));
+            on_bad(&mut bad, InputError::new(path, msg).line(line).field(missing.first().copied().unwrap_or("row").to_string()).hint("quote fields that contain commas"))?;
+            continue;
         }
         let mut obj = Map::new();
         let mut vars = Map::new();
@@ -201,16 +257,22 @@ fn parse_csv(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
             }
         }
         obj.insert("vars".into(), Value::Object(vars));
-        out.push(case_from_object(path, line, obj)?);
+        match case_from_object(path, line, obj) {
+            Ok(c) => out.push(c),
+            Err(e) => on_bad(&mut bad, e)?,
+        }
     }
     Ok(out)
 }
 
 /// Gives every case without an explicit id a content hash id; repeated
 /// inputs get `#2`, `#3` so identity stays unique. Explicit ids must be unique.
-fn assign_ids(path: &Path, cases: &mut [Case]) -> Result<(), InputError> {
+/// In tolerant reading a repeated explicit id is recorded and the later
+/// case dropped, as if its line were malformed.
+fn assign_ids(path: &Path, cases: &mut Vec<Case>, mut bad: Option<&mut Vec<InputError>>) -> Result<(), InputError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for c in cases.iter_mut() {
+    let mut drop = vec![];
+    for (i, c) in cases.iter_mut().enumerate() {
         if c.id.is_empty() {
             let h = Sha256::digest(Value::Object(c.vars.clone()).to_string().as_bytes());
             let base = format!("c{}", &hex::encode(h)[..12]);
@@ -221,9 +283,13 @@ fn assign_ids(path: &Path, cases: &mut [Case]) -> Result<(), InputError> {
             let n = seen.entry(c.id.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
-                return Err(InputError::new(path, format!("duplicate case id `{}`", c.id)).line(c.line).field("id"));
+                on_bad(&mut bad, InputError::new(path, format!("duplicate case id `{}`", c.id)).line(c.line).field("id"))?;
+                drop.push(i);
             }
         }
+    }
+    for i in drop.into_iter().rev() {
+        cases.remove(i);
     }
     Ok(())
 }
