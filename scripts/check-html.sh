@@ -13,12 +13,11 @@ TG=./target/release/tunegate
 "$TG" show latest -c "$OUT/task/tunegate.yaml" --format html -o "$OUT/report.html"
 ls -la "$OUT/report.html"
 if grep -Eq '(src|href)="(https?:)?//' "$OUT/report.html"; then echo "external reference found" >&2; exit 1; fi
+ABS="$(cd "$OUT" && pwd)"
 start=$(date +%s.%N)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-  --disable-component-update --disable-sync --user-data-dir="$OUT/profile" --window-size=1400,1600 \
-  --screenshot="$OUT/report.png" "file://$PWD/$OUT/report.html" 2>/dev/null || \
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-  --disable-component-update --disable-sync --user-data-dir="$OUT/profile" --window-size=1400,1600 \
-  --screenshot="$OUT/report.png" "file://$OUT/report.html" 2>/dev/null
+  --disable-component-update --disable-sync --user-data-dir="$ABS/profile" --window-size=1400,1600 \
+  --screenshot="$ABS/report.png" "file://$ABS/report.html" 2>/dev/null
 end=$(date +%s.%N)
-echo "rendered in $(echo "$end - $start" | bc) s (browser start included): $OUT/report.png"
+[ -s "$ABS/report.png" ] || { echo "no screenshot was written" >&2; exit 1; }
+echo "rendered in $(echo "$end - $start" | bc) s (browser start included): $ABS/report.png"

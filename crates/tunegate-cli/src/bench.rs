@@ -81,8 +81,13 @@ fn harness(a: HarnessArgs) -> Result<ExitCode> {
         seed
     };
     for i in 0..a.cases {
-        let words: Vec<&str> = (0..12).map(|_| WORDS[(next() % 16) as usize]).collect();
+        let mut words: Vec<&str> = (0..12).map(|_| WORDS[(next() % 16) as usize]).collect();
         let label = LABELS[(next() % 5) as usize];
+        // About 70% of messages name their team, so the assertion both
+        // passes and fails (as in the promptfoo workload).
+        if next() % 10 < 7 {
+            words.push(label);
+        }
         writeln!(f, "{}", json!({"id": format!("case-{i}"), "input": format!("Customer {i}: {}", words.join(" ")), "expected": label}))?;
     }
     f.flush()?;

@@ -223,3 +223,35 @@ fn compare_and_the_baseline_gate() {
     // A selector that names nothing is a usage error.
     assert_eq!(tg(&["compare", &base_id, "nope@none"], dir.path()).status.code(), Some(2));
 }
+
+#[test]
+fn html_reports_are_self_contained_and_carry_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(tg(&["init", "t"], dir.path()).status.success());
+    let o = tg(&["eval", "-c", "t/tunegate.yaml", "--format", "html", "-o", "r.html"], dir.path());
+    assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{:?}", text(&o));
+    let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>"));
+    for external in ["src=\"http", "href=\"http", "src=\"//", "<link", "@import", "url(", "<iframe"] {
+        assert!(!html.contains(external), "the report loads something from outside: {external}");
+    }
+    let start = html.find(r#"<script type="application/json" id="data">"#).unwrap() + r#"<script type="application/json" id="data">"#.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&html[start..end].replace("<\\/", "</")).unwrap();
+    assert_eq!(data["groups"].as_array().unwrap().len(), 3);
+    assert_eq!(data["cases"].as_array().unwrap().len(), 42);
+    assert!(data["groups"][0]["classification"]["confusion"].is_object());
+    // A case whose text would close the script tag cannot break out of it.
+    std::fs::write(dir.path().join("t/data/eval.jsonl"), "{\"input\": \"</script><script>alert(1)</script>\", \"expected\": \"other\"}\n").unwrap();
+    tg(&["eval", "-c", "t/tunegate.yaml", "--format", "html", "-o", "x.html"], dir.path());
+    let x = std::fs::read_to_string(dir.path().join("x.html")).unwrap();
+    assert_eq!(x.matches("</script>").count(), 2, "only the two real script tags close");
+    // compare's report has the before/after panel.
+    let runs = tg(&["runs", "-c", "t/tunegate.yaml", "--format", "json"], dir.path());
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let id = runs[1]["run"]["id"].as_str().unwrap().to_string();
+    let o = tg(&["compare", &format!("{id}:bare@keyword-baseline"), &format!("{id}:instructed@keyword-baseline"), "-c", "t/tunegate.yaml", "--format", "html", "-o", "c.html"], dir.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let c = std::fs::read_to_string(dir.path().join("c.html")).unwrap();
+    assert!(c.contains("Before / after") && c.contains("\"verdict\""));
+}
