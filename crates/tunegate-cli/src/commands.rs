@@ -178,8 +178,9 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
         if !a.providers.is_empty() && !a.providers.iter().any(|n| n == spec.name() || n == &spec.id) {
             continue;
         }
-        let p = tunegate_providers::build(spec, &prep.task.dir, &env).with_context(|| format!("{}: provider `{}`", prep.task.path.display(), spec.id))?;
-        providers.push((p, spec.clone()));
+        let spec = crate::tune::resolve_tuned(spec, &store_path_for(&path))?;
+        let p = tunegate_providers::build(&spec, &prep.task.dir, &env).with_context(|| format!("{}: provider `{}`", prep.task.path.display(), spec.id))?;
+        providers.push((p, spec));
     }
     for p in &a.prompts {
         if !prep.prompts.iter().any(|x| &x.id == p) {

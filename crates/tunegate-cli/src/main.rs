@@ -10,6 +10,7 @@ mod init;
 mod model;
 mod quickstart;
 mod serve;
+mod tune;
 mod output;
 mod progress;
 mod tokens;
@@ -52,6 +53,8 @@ enum Command {
     Show(commands::ShowArgs),
     /// The whole loop on the bundled example, offline, on the embedded model.
     Quickstart(quickstart::QuickstartArgs),
+    /// Fine-tune: a remote job on an OpenAI-compatible API (local LoRA: not yet).
+    Tune(tune::TuneArgs),
     /// OpenAI-compatible server for the local model (loopback by default).
     Serve(serve::ServeArgs),
     /// Model files: fetch, list, info, tokenize, generate.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Quickstart(a) => quickstart::run(a),
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),
+        Command::Tune(a) => tune::run(a),
     };
     match result {
         Ok(code) => code,

@@ -455,7 +455,7 @@ impl Task {
             };
             match scheme {
                 "echo" => {}
-                "exec" | "openai" | "anthropic" | "local" => {
+                "exec" | "openai" | "anthropic" | "local" | "tuned" => {
                     if rest.trim().is_empty() {
                         return Err(self.err(line, &field, format!("`{}` needs a name after `{scheme}:`", p.id)));
                     }
@@ -469,7 +469,7 @@ impl Task {
                     }
                 }
                 other => {
-                    return Err(self.err(line, &field, format!("unknown provider type `{other}`")).hint("use echo, exec:CMD, openai:MODEL, openai-compatible:MODEL, anthropic:MODEL or local:MODEL"));
+                    return Err(self.err(line, &field, format!("unknown provider type `{other}`")).hint("use echo, exec:CMD, openai:MODEL, openai-compatible:MODEL, anthropic:MODEL, local:MODEL or tuned:JOB"));
                 }
             }
             if let Some(t) = p.params.temperature {

@@ -4,6 +4,7 @@
 //! provider only has to say whether an error is worth retrying.
 
 mod anthropic;
+pub mod finetune;
 mod exec;
 mod http;
 pub mod local;
@@ -161,6 +162,7 @@ pub fn build(spec: &ProviderSpec, task_dir: &std::path::Path, lookup_env: &dyn F
             Arc::new(AnthropicProvider::new(&name, rest, &base, key("ANTHROPIC_API_KEY")?, timeout, spec.price.or_else(|| pricing::lookup(rest))))
         }
         "local" => Arc::new(local::LocalProvider::new(&name, rest, task_dir)?),
+        "tuned" => return Err(ProviderError::Config(format!("provider `{}`: tuned models are looked up in the run store by `tunegate eval`", spec.id))),
         other => return Err(ProviderError::Config(format!("unknown provider type `{other}`"))),
     })
 }

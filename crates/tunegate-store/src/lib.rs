@@ -92,6 +92,21 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
     );
     CREATE INDEX revisions_kind_name ON revisions(kind, name, recorded_at);",
+    // 2: fine-tuning jobs, so a job survives a crash or a lost connection.
+    "CREATE TABLE tune_jobs(
+        id TEXT PRIMARY KEY,
+        backend TEXT NOT NULL,
+        task_name TEXT NOT NULL,
+        base_url TEXT,
+        api_key_env TEXT,
+        base_model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        fine_tuned_model TEXT,
+        data_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +171,24 @@ pub struct RevisionRow {
     pub kind: String,
     pub name: String,
     pub hash: String,
+}
+
+/// A fine-tuning job, local or remote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TuneJob {
+    pub id: String,
+    pub backend: String,
+    pub task_name: String,
+    pub base_url: Option<String>,
+    /// The name of the variable holding the key, never the key.
+    pub api_key_env: Option<String>,
+    pub base_model: String,
+    pub status: String,
+    pub fine_tuned_model: Option<String>,
+    pub data_hash: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub meta: Value,
 }
 
 pub struct Store {
@@ -453,6 +486,58 @@ impl Store {
             tx.execute("INSERT INTO revisions(recorded_at, run_id, kind, name, hash) VALUES (?1, ?2, ?3, ?4, ?5)", params![ts, run_id, kind, name, hash]).map_err(e)?;
         }
         tx.commit().map_err(e)
+    }
+
+    pub fn insert_tune_job(&self, j: &TuneJob) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO tune_jobs(id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![j.id, j.backend, j.task_name, j.base_url, j.api_key_env, j.base_model, j.status, j.fine_tuned_model, j.data_hash, j.created_at, j.updated_at, j.meta.to_string()],
+        );
+        self.sql(r).map(|_| ())
+    }
+
+    pub fn update_tune_job(&self, id: &str, status: &str, fine_tuned_model: Option<&str>) -> Result<()> {
+        let r = self.conn.execute(
+            "UPDATE tune_jobs SET status = ?2, fine_tuned_model = COALESCE(?3, fine_tuned_model), updated_at = ?4 WHERE id = ?1",
+            params![id, status, fine_tuned_model, now()],
+        );
+        self.sql(r).map(|_| ())
+    }
+
+    const JOB_COLS: &'static str = "id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta";
+
+    fn job_from_row(r: &rusqlite::Row) -> rusqlite::Result<TuneJob> {
+        let meta: String = r.get(11)?;
+        Ok(TuneJob {
+            id: r.get(0)?,
+            backend: r.get(1)?,
+            task_name: r.get(2)?,
+            base_url: r.get(3)?,
+            api_key_env: r.get(4)?,
+            base_model: r.get(5)?,
+            status: r.get(6)?,
+            fine_tuned_model: r.get(7)?,
+            data_hash: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+            meta: serde_json::from_str(&meta).unwrap_or(Value::Null),
+        })
+    }
+
+    /// A job by its id or by the model it produced.
+    pub fn get_tune_job(&self, id_or_model: &str) -> Result<Option<TuneJob>> {
+        let r = self
+            .conn
+            .query_row(&format!("SELECT {} FROM tune_jobs WHERE id = ?1 OR fine_tuned_model = ?1 ORDER BY created_at DESC LIMIT 1", Self::JOB_COLS), [id_or_model], Self::job_from_row)
+            .optional();
+        self.sql(r)
+    }
+
+    pub fn list_tune_jobs(&self) -> Result<Vec<TuneJob>> {
+        let mut st = self.sql(self.conn.prepare(&format!("SELECT {} FROM tune_jobs ORDER BY created_at DESC", Self::JOB_COLS)))?;
+        let rows = st.query_map([], Self::job_from_row).and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>());
+        self.sql(rows)
     }
 
     pub fn revisions(&self) -> Result<Vec<RevisionRow>> {

@@ -1,0 +1,251 @@
+//! `tunegate tune`: fine-tuning. The remote backend drives any
+//! OpenAI-compatible fine-tuning API; the job is recorded in the store the
+//! moment it exists, so a crash or a lost connection never loses it
+//! (`--attach JOB` resumes watching). Local LoRA training is not built yet.
+
+use crate::commands::usage;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tunegate_core::data::export::{encode, render_examples, validate, ExportFormat};
+use tunegate_core::Task;
+use tunegate_providers::finetune::{FineTuneClient, Job};
+use tunegate_store::{store_path_for, Store, TuneJob};
+
+#[derive(Args)]
+pub struct TuneArgs {
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// `remote` (an OpenAI-compatible fine-tuning API at tune.base_url) or
+    /// `local` (LoRA on the embedded model). Default: tune.backend, else
+    /// local for `local:` bases and remote otherwise.
+    #[arg(long, value_parser = ["local", "remote"])]
+    pub backend: Option<String>,
+    /// Resume watching a recorded job (after a crash, Ctrl-C or lost connection).
+    #[arg(long, value_name = "JOB")]
+    pub attach: Option<String>,
+    /// Cancel a job.
+    #[arg(long, value_name = "JOB")]
+    pub cancel: Option<String>,
+    /// List a job's checkpoints.
+    #[arg(long, value_name = "JOB")]
+    pub checkpoints: Option<String>,
+    /// List the recorded fine-tuning jobs.
+    #[arg(long)]
+    pub list: bool,
+    /// Seconds between status polls.
+    #[arg(long, default_value_t = 10.0)]
+    pub poll_interval: f64,
+    /// Consecutive failed polls before giving up watching (the job is kept).
+    #[arg(long, default_value_t = 8)]
+    pub max_poll_failures: u32,
+}
+
+fn client_for(base_url: &str, api_key_env: Option<&str>) -> Result<FineTuneClient> {
+    let key = match api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| usage(format!("the API key variable {var} (tune.api_key_env) is not set")))?),
+        None => std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()),
+    };
+    Ok(FineTuneClient::new(base_url, key, Duration::from_secs(60)))
+}
+
+/// The model name an OpenAI-compatible API expects for a task's `tune.base`.
+fn remote_model(base: &str) -> &str {
+    for p in ["openai-compatible:", "openai:", "remote:"] {
+        if let Some(m) = base.strip_prefix(p) {
+            return m;
+        }
+    }
+    base
+}
+
+pub fn run(a: TuneArgs) -> Result<ExitCode> {
+    let path = crate::task_path(&a.config);
+    let store_path = store_path_for(&path);
+    if a.list {
+        let store = Store::open(&store_path)?;
+        let jobs = store.list_tune_jobs()?;
+        if jobs.is_empty() {
+            println!("no fine-tuning jobs recorded");
+        }
+        let rows: Vec<Vec<String>> = jobs.iter().map(|j| vec![j.id.clone(), j.backend.clone(), j.status.clone(), j.base_model.clone(), j.fine_tuned_model.clone().unwrap_or_default(), j.created_at.chars().take(19).collect()]).collect();
+        print!("{}", crate::output::table(&["job", "backend", "status", "base", "tuned model", "created (UTC)"], &rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = crate::commands::runtime()?;
+    for (id, what) in [(&a.attach, "attach"), (&a.cancel, "cancel"), (&a.checkpoints, "checkpoints")] {
+        let Some(id) = id else { continue };
+        let store = Store::open(&store_path)?;
+        let job = store.get_tune_job(id)?.ok_or_else(|| usage(format!("no fine-tuning job `{id}` in {} (see `tunegate tune --list`)", store_path.display())))?;
+        let base = job.base_url.clone().ok_or_else(|| usage(format!("job {id} has no endpoint recorded")))?;
+        let client = client_for(&base, job.api_key_env.as_deref())?;
+        return match what {
+            "attach" => rt.block_on(watch(&client, &store, &job.id, &a, &path)),
+            "cancel" => {
+                let j = rt.block_on(client.cancel(&job.id))?;
+                store.update_tune_job(&job.id, &j.status, None)?;
+                println!("job {}: {}", j.id, j.status);
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => {
+                for c in rt.block_on(client.checkpoints(&job.id))? {
+                    println!("{}", serde_json::to_string(&c)?);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        };
+    }
+    let task = Task::load(&path)?;
+    let tune = task.file.tune.clone().ok_or_else(|| tunegate_core::InputError::new(&task.path, "no `tune:` section").field("tune").hint("add `tune: { base: ..., prompt: PROMPT_ID }`"))?;
+    let backend = a.backend.clone().or(tune.backend.clone()).unwrap_or_else(|| if tune.base.starts_with("local:") { "local".into() } else { "remote".into() });
+    if backend == "local" {
+        bail!(usage("local LoRA training (`--backend local`) is not built yet; use an OpenAI-compatible fine-tuning endpoint with `--backend remote` and tune.base_url"));
+    }
+    let base_url = tune.base_url.clone().ok_or_else(|| tunegate_core::InputError::new(&task.path, "the remote backend needs tune.base_url (an OpenAI-compatible API, e.g. https://host/v1)").field("tune.base_url"))?;
+    // Leakage always blocks tuning: the after-measurement would be memory.
+    tunegate_core::data::refuse_on_leakage(&task).map_err(|e| usage(format!("{e}; see `tunegate data check`")))?;
+    let examples_path = task.examples_path().ok_or_else(|| tunegate_core::InputError::new(&task.path, "fine-tuning trains on data.examples, which is not set").field("data.examples"))?;
+    let render = |p: &std::path::Path| -> Result<String> {
+        let cases = tunegate_core::load_cases(p)?;
+        let ex = render_examples(&task, &cases, p)?;
+        let mut text = String::new();
+        for e in &ex {
+            text.push_str(&encode(ExportFormat::OpenaiChat, &e.messages).to_string());
+            text.push('\n');
+        }
+        let v = validate(ExportFormat::OpenaiChat, &text, &tunegate_core::data::CharEstimate, 65_536);
+        if !v.ok() {
+            let p0 = &v.problems[0];
+            bail!(usage(format!("{}: the training data fails the check `{}` on example {}: {} ({} problems; see `tunegate data export`)", p.display(), p0.check, p0.line, p0.message, v.problems.len())));
+        }
+        Ok(text)
+    };
+    let train = render(&examples_path)?;
+    let valid = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
+        Some(p) => Some(render(&p)?),
+        None => None,
+    };
+    let data_hash = tunegate_core::task::hash_json(&json!([train, valid]));
+    let client = client_for(&base_url, tune.api_key_env.as_deref())?;
+    let model = remote_model(&tune.base).to_string();
+    let mut hyper = serde_json::Map::new();
+    if let Some(e) = tune.epochs {
+        hyper.insert("n_epochs".into(), json!(e));
+    }
+    if let Some(b) = tune.batch_size {
+        hyper.insert("batch_size".into(), json!(b));
+    }
+    if let Some(lr) = tune.learning_rate {
+        hyper.insert("learning_rate_multiplier".into(), json!(lr));
+    }
+    let store = Store::open(&store_path)?;
+    let job = rt.block_on(async {
+        eprintln!("uploading {} training examples to {base_url}", train.lines().count());
+        let tf = client.upload_file("train.jsonl", train.into_bytes()).await?;
+        let vf = match valid {
+            Some(v) => Some(client.upload_file("validation.jsonl", v.into_bytes()).await?),
+            None => None,
+        };
+        let suffix = task.file.task.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(18).collect::<String>();
+        Ok::<Job, anyhow::Error>(client.create_job(&model, &tf, vf.as_deref(), serde_json::Value::Object(hyper), Some(&suffix)).await?)
+    })?;
+    // Recorded before anything else can fail.
+    let now = tunegate_store::now();
+    store.insert_tune_job(&TuneJob {
+        id: job.id.clone(),
+        backend: "remote".into(),
+        task_name: task.file.task.name.clone(),
+        base_url: Some(base_url.clone()),
+        api_key_env: tune.api_key_env.clone(),
+        base_model: model,
+        status: job.status.clone(),
+        fine_tuned_model: job.fine_tuned_model.clone(),
+        data_hash,
+        created_at: now.clone(),
+        updated_at: now,
+        meta: json!({"task_path": task.path}),
+    })?;
+    eprintln!("created job {} ({}); recorded in {}", job.id, job.status, store_path.display());
+    rt.block_on(watch(&client, &store, &job.id, &a, &path))
+}
+
+/// Polls a job until it ends, printing status changes and new events. Lost
+/// contact is retried; after `max_poll_failures` in a row it stops watching
+/// (the job goes on remotely and stays recorded).
+async fn watch(client: &FineTuneClient, store: &Store, id: &str, a: &TuneArgs, cfg: &std::path::Path) -> Result<ExitCode> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut last_status = String::new();
+    let mut failures = 0u32;
+    let attach_hint = format!("tunegate tune -c {} --attach {id}", cfg.display());
+    let interval = Duration::from_secs_f64(a.poll_interval.max(0.01));
+    loop {
+        match client.get_job(id).await {
+            Ok(job) => {
+                failures = 0;
+                if job.status != last_status {
+                    eprintln!("job {id}: {}", job.status);
+                    store.update_tune_job(id, &job.status, job.fine_tuned_model.as_deref())?;
+                    last_status = job.status.clone();
+                }
+                if let Ok(events) = client.events(id).await {
+                    for e in events {
+                        if seen.insert(e.id.clone()) {
+                            eprintln!("  [{}] {}", e.level, e.message);
+                        }
+                    }
+                }
+                if job.is_terminal() {
+                    return Ok(match job.status.as_str() {
+                        "succeeded" => {
+                            let m = job.fine_tuned_model.clone().unwrap_or_default();
+                            println!("fine-tuned model: {m}");
+                            println!("evaluate it: add `- id: tuned:{id}` under providers (or tuned:{m}), then `tunegate eval`");
+                            ExitCode::SUCCESS
+                        }
+                        "failed" => {
+                            eprintln!("job {id} failed: {}", job.error.unwrap_or_else(|| "no reason given".into()));
+                            ExitCode::from(1)
+                        }
+                        _ => {
+                            eprintln!("job {id} was cancelled");
+                            ExitCode::from(1)
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("could not poll job {id} ({failures}/{}): {e}", a.max_poll_failures);
+                if failures >= a.max_poll_failures {
+                    bail!("lost contact with the fine-tuning API; job {id} is recorded and may still be running: resume with `{attach_hint}`");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval * if failures > 0 { 2u32.pow(failures.min(5)) } else { 1 }) => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopped watching; job {id} goes on remotely: `{attach_hint}`");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+}
+
+/// Resolves `tuned:JOB` (or `tuned:MODEL`) providers from the store into
+/// OpenAI-compatible providers at the endpoint that trained them.
+pub fn resolve_tuned(spec: &tunegate_core::ProviderSpec, store_path: &std::path::Path) -> Result<tunegate_core::ProviderSpec> {
+    let Some(name) = spec.id.strip_prefix("tuned:") else { return Ok(spec.clone()) };
+    let store = Store::open(store_path).context("the run store")?;
+    let job = store.get_tune_job(name)?.ok_or_else(|| usage(format!("provider `{}`: no fine-tuning job or tuned model `{name}` is recorded (see `tunegate tune --list`)", spec.id)))?;
+    let model = job.fine_tuned_model.clone().ok_or_else(|| usage(format!("provider `{}`: job {} has not produced a model (status {})", spec.id, job.id, job.status)))?;
+    let mut s = spec.clone();
+    s.id = format!("openai-compatible:{model}");
+    s.base_url = s.base_url.or(job.base_url.clone());
+    s.api_key_env = s.api_key_env.or(job.api_key_env.clone());
+    s.label = Some(spec.label.clone().unwrap_or_else(|| spec.id.clone()));
+    Ok(s)
+}
