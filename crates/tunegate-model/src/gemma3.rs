@@ -43,6 +43,46 @@ impl Config {
     }
 }
 
+
+impl Config {
+    /// The hyper-parameters of a Gemma 3 GGUF, from its metadata; an error
+    /// naming what is missing for any other architecture.
+    pub fn from_content(c: &gguf_file::Content, path: &Path) -> Result<Config, ModelError> {
+        let arch = c.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if arch != "gemma3" {
+            return Err(ModelError::Unsupported(format!("{}: architecture `{arch}`; tunegate runs gemma3 models", path.display())));
+        }
+        let need = |k: &str| md_u64(&c, &format!("gemma3.{k}")).ok_or_else(|| ModelError::Unsupported(format!("{}: missing metadata gemma3.{k}", path.display())));
+        let n_head = need("attention.head_count")? as usize;
+        let head_dim = md_u64(&c, "gemma3.attention.key_length").map(|x| x as usize).unwrap_or(need("embedding_length")? as usize / n_head);
+        let embed_info = c.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::Unsupported("missing tensor token_embd.weight".into()))?;
+        let cfg = Config {
+            n_layer: need("block_count")? as usize,
+            d_model: need("embedding_length")? as usize,
+            n_head,
+            n_kv_head: md_u64(&c, "gemma3.attention.head_count_kv").unwrap_or(n_head as u64) as usize,
+            head_dim,
+            ffn_dim: need("feed_forward_length")? as usize,
+            vocab_size: embed_info.shape.dims()[0],
+            context_length: md_u64(&c, "gemma3.context_length").unwrap_or(32768) as usize,
+            rope_base_global: md_f32(&c, "gemma3.rope.freq_base").unwrap_or(1_000_000.0),
+            rope_base_local: md_f32(&c, "gemma3.rope.local.freq_base").unwrap_or(10_000.0),
+            sliding_window: md_u64(&c, "gemma3.attention.sliding_window").unwrap_or(512) as usize,
+            swa_pattern: 6,
+            rms_eps: md_f32(&c, "gemma3.attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f64,
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+        };
+        Ok(cfg)
+    }
+
+    /// [`Config::from_content`] for a file.
+    pub fn from_file(path: &Path) -> Result<Config, ModelError> {
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io(path.to_path_buf(), e))?;
+        let c = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        Self::from_content(&c, path)
+    }
+}
+
 struct Layer {
     wq: QMatMul,
     wk: QMatMul,
@@ -137,30 +177,7 @@ impl Gemma3 {
     pub fn load_with(path: &Path, requant: bool) -> Result<Gemma3, ModelError> {
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io(path.to_path_buf(), e))?;
         let c = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
-        let arch = c.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        if arch != "gemma3" {
-            return Err(ModelError::Unsupported(format!("{}: architecture `{arch}`; tunegate runs gemma3 models", path.display())));
-        }
-        let need = |k: &str| md_u64(&c, &format!("gemma3.{k}")).ok_or_else(|| ModelError::Unsupported(format!("{}: missing metadata gemma3.{k}", path.display())));
-        let n_head = need("attention.head_count")? as usize;
-        let head_dim = md_u64(&c, "gemma3.attention.key_length").map(|x| x as usize).unwrap_or(need("embedding_length")? as usize / n_head);
-        let embed_info = c.tensor_infos.get("token_embd.weight").ok_or_else(|| ModelError::Unsupported("missing tensor token_embd.weight".into()))?;
-        let cfg = Config {
-            n_layer: need("block_count")? as usize,
-            d_model: need("embedding_length")? as usize,
-            n_head,
-            n_kv_head: md_u64(&c, "gemma3.attention.head_count_kv").unwrap_or(n_head as u64) as usize,
-            head_dim,
-            ffn_dim: need("feed_forward_length")? as usize,
-            vocab_size: embed_info.shape.dims()[0],
-            context_length: md_u64(&c, "gemma3.context_length").unwrap_or(32768) as usize,
-            rope_base_global: md_f32(&c, "gemma3.rope.freq_base").unwrap_or(1_000_000.0),
-            rope_base_local: md_f32(&c, "gemma3.rope.local.freq_base").unwrap_or(10_000.0),
-            sliding_window: md_u64(&c, "gemma3.attention.sliding_window").unwrap_or(512) as usize,
-            swa_pattern: 6,
-            rms_eps: md_f32(&c, "gemma3.attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f64,
-            attn_scale: 1.0 / (head_dim as f64).sqrt(),
-        };
+        let cfg = Config::from_content(&c, path)?;
         let device = Device::Cpu;
         let mut tensor_types = vec![];
         let mut load_q = |name: &str| -> Result<QTensor, ModelError> {

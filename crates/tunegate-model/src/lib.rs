@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod gemma3;
 pub mod gguf;
+pub mod lora;
 pub mod paths;
 pub mod sample;
 pub mod tokenizer;

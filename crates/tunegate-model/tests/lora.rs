@@ -1,0 +1,108 @@
+//! LoRA training on the real model: analytic gradients against finite
+//! differences (a gradient that silently stops is the classic failure), and
+//! a loss that falls on a small real dataset.
+
+mod common;
+
+use candle_core::{Tensor, Var};
+use tunegate_model::gemma3::Config;
+use tunegate_model::lora::{pack, train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+use tunegate_model::{GgufFile, Tokenizer};
+
+fn example(tok: &Tokenizer, prompt: &str, answer: &str) -> TrainExample {
+    let p = tok.encode(prompt, true, false);
+    let mut t = tok.encode(&format!("{prompt}{answer}"), true, false);
+    assert_eq!(&t[..p.len()], &p[..], "the prompt's tokens are a prefix");
+    t.push(1); // <eos>
+    TrainExample { loss_from: p.len(), tokens: t }
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let Some(path) = common::model_path() else { return };
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let cfg = Config::from_file(&path).unwrap();
+    let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q".into(), "v".into(), "down".into()] };
+    let mut m = LoraModel::load(&path, cfg, lora, 1).unwrap();
+    m.training = false;
+    // B starts at zero (so dA would be zero); give it values to test both.
+    for ((_, _), (_, b)) in m.adapters.iter() {
+        let s = b.as_tensor().shape().clone();
+        b.set(&(Tensor::randn(0f32, 1.0, s, &candle_core::Device::Cpu).unwrap() * 0.02).unwrap()).unwrap();
+    }
+    let ex = [example(&tok, "Message: my card was charged twice\nTeam:", " billing"), example(&tok, "Message: the app crashes\nTeam:", " technical")];
+    let p = pack(&ex.iter().collect::<Vec<_>>());
+    let loss = m.loss(&p).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    let mut worst = 0f64;
+    for (li, name) in [(0usize, "q"), (5, "v"), (11, "down"), (17, "q")] {
+        let (a, b) = &m.adapters[&(li, name.to_string())];
+        for var in [a, b] {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient reached layer {li} {name}")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // The entries with the largest gradients carry the clearest signal in f32.
+            let mut idx: Vec<usize> = (0..g.len()).collect();
+            idx.sort_by(|x, y| g[*y].abs().partial_cmp(&g[*x].abs()).unwrap());
+            for &i in idx.iter().take(2) {
+                let num = finite_difference(&m, &p, var, i, 1e-2);
+                let rel = ((num - g[i] as f64).abs() / (g[i].abs() as f64).max(1e-6)).min(10.0);
+                worst = worst.max(rel);
+                assert!(rel < 0.05, "layer {li} {name} entry {i}: analytic {} vs numeric {num} (relative {rel})", g[i]);
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("gradient check: {checked} entries, worst relative error {worst:.2e}");
+}
+
+fn finite_difference(m: &LoraModel, p: &tunegate_model::lora::Packed, var: &Var, i: usize, eps: f64) -> f64 {
+    let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let shape = var.as_tensor().shape().clone();
+    let at = |delta: f64| {
+        let mut v = orig.clone();
+        v[i] += delta as f32;
+        var.set(&Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu).unwrap()).unwrap();
+        m.loss(p).unwrap().to_scalar::<f32>().unwrap() as f64
+    };
+    let (up, down) = (at(eps), at(-eps));
+    var.set(&Tensor::from_vec(orig, shape, &candle_core::Device::Cpu).unwrap()).unwrap();
+    (up - down) / (2.0 * eps)
+}
+
+#[test]
+fn loss_falls_on_a_small_real_dataset() {
+    let Some(path) = common::model_path() else { return };
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let cfg = Config::from_file(&path).unwrap();
+    let mut m = LoraModel::load(&path, cfg, LoraConfig::default(), 0).unwrap();
+    let data = [
+        ("I was charged twice this month", "billing"),
+        ("The app crashes on start", "technical"),
+        ("I cannot log in to my account", "account"),
+        ("Where is my parcel?", "shipping"),
+        ("Please refund my last invoice", "billing"),
+        ("The thermostat shows an error", "technical"),
+        ("Change the email on my profile", "account"),
+        ("My delivery is late", "shipping"),
+    ];
+    let ex: Vec<TrainExample> = data.iter().map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}"))).collect();
+    let o = TrainOptions { epochs: 4, batch_size: 8, learning_rate: 2e-3, warmup_steps: 1, seed: 3, ..Default::default() };
+    let log = train(&mut m, &ex, &[], &o, &mut |_| {}, &mut |_, _| {}).unwrap();
+    let (first, last) = (log.first().unwrap().loss, log.last().unwrap().loss);
+    eprintln!("loss {first:.3} -> {last:.3} in {} steps", log.len());
+    assert!(last < first * 0.5, "loss did not fall: {first} -> {last}");
+    // Same seed, same result.
+    let mut m2 = LoraModel::load(&path, Config::from_file(&path).unwrap(), LoraConfig::default(), 0).unwrap();
+    let log2 = train(&mut m2, &ex, &[], &o, &mut |_| {}, &mut |_, _| {}).unwrap();
+    assert_eq!(log.iter().map(|s| s.loss).collect::<Vec<_>>(), log2.iter().map(|s| s.loss).collect::<Vec<_>>(), "training is reproducible for a seed");
+    let dir = tempfile::tempdir().unwrap();
+    m.save_peft(dir.path(), "google/gemma-3-270m").unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["r"], 8);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+    let t = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let a = &t["base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"];
+    let b = &t["base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight"];
+    assert_eq!(a.dims(), &[8, 640]);
+    assert_eq!(b.dims(), &[1024, 8]);
+}
