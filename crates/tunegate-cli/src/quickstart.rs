@@ -34,6 +34,9 @@ pub struct QuickstartArgs {
     /// Overwrite the example files in --dir (the run store is kept).
     #[arg(long)]
     pub fresh: bool,
+    /// Skip the LoRA fine-tuning step.
+    #[arg(long)]
+    pub no_tune: bool,
     /// Cases in flight at once (the local model batches up to 16 together).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -52,15 +55,15 @@ fn write_example(dir: &Path, fresh: bool) -> Result<()> {
 }
 
 pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
-    eprintln!("[1/3] the embedded model (Gemma 3 270M, GGUF Q4_K_M)");
+    eprintln!("[1/5] the embedded model (Gemma 3 270M, GGUF Q4_K_M)");
     let model = crate::model::fetch(&None, false, true)?;
     eprintln!("      {}", model.display());
 
-    eprintln!("[2/3] the bundled example task -> {}", a.dir.display());
+    eprintln!("[2/5] the bundled example task -> {}", a.dir.display());
     write_example(&a.dir, a.fresh)?;
     let cfg = a.dir.join("tunegate.yaml");
 
-    eprintln!("[3/3] evaluating every prompt variant x provider on the eval set");
+    eprintln!("[3/5] evaluating every prompt variant x provider on the eval set");
     let task = tunegate_core::Task::load(&cfg)?;
     let prep = tunegate_run::prepare(task)?;
     let env = |k: &str| std::env::var(k).ok();
@@ -114,12 +117,64 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
             comparisons.push(c);
         }
     }
+    // Tune: LoRA on the embedded model with the short prompt, then evaluate
+    // the tuned model on the same eval set and compare, case by case.
+    if !a.no_tune {
+        if let (Some(tune), Some(base_spec)) = (prep.task.file.tune.clone(), prep.task.file.providers.iter().find(|p| p.id.starts_with("local:")).cloned()) {
+            eprintln!("[4/5] fine-tuning: LoRA on the embedded model with the prompt `{}`", tune.prompt);
+            let (job, adapter) = crate::tune::local_tune(&prep.task, &tune, &store_path_for(&cfg), true)?;
+            eprintln!("[5/5] evaluating the tuned model with `{}` and comparing before/after", tune.prompt);
+            let mut spec = base_spec.clone();
+            spec.id = format!("{}+adapter:{}", base_spec.id, adapter.display());
+            spec.label = Some(format!("{}+lora", base_spec.name()));
+            let provider = tunegate_providers::build(&spec, &prep.task.dir, &env)?;
+            let mut opts = RunOptions::new(store_path_for(&cfg));
+            opts.concurrency = a.concurrency;
+            opts.only_prompts = vec![tune.prompt.clone()];
+            opts.meta = serde_json::json!({"tuned": job});
+            let progress = Arc::new(crate::progress::ProgressSink::new(true));
+            let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
+            let tuned = rt.block_on(tunegate_run::run(&prep, vec![(provider, spec.clone())], opts, sinks))?;
+            progress.finish();
+            let before = tunegate_run::compare::Side { run_id: summary.run_id.clone(), prompt: Some(tune.prompt.clone()), provider: Some(base_spec.name().to_string()) };
+            let after = tunegate_run::compare::Side { run_id: tuned.run_id.clone(), prompt: Some(tune.prompt.clone()), provider: Some(spec.name().to_string()) };
+            let c = tunegate_run::compare::compare(&store, &before, &after, 0.05, 0)?;
+            println!(
+                "\nBefore/after fine-tuning, prompt `{}`: base {} -> tuned {} ({:+.1} pts, 95% CI {:+.1} to {:+.1}); {} improvements, {} regressions, McNemar p = {}: {}.",
+                tune.prompt,
+                output::pct(c.pass_rate_a),
+                output::pct(c.pass_rate_b),
+                c.bootstrap.pass_rate_diff.estimate * 100.0,
+                c.bootstrap.pass_rate_diff.low * 100.0,
+                c.bootstrap.pass_rate_diff.high * 100.0,
+                c.mcnemar.improvements,
+                c.mcnemar.regressions,
+                tunegate_run::compare::fmt_p(c.mcnemar.p_value),
+                c.verdict
+            );
+            if let Some(best) = summary.groups.iter().filter(|g| g.provider == base_spec.name()).max_by(|x, y| x.pass_rate.partial_cmp(&y.pass_rate).unwrap_or(std::cmp::Ordering::Equal)) {
+                let side = tunegate_run::compare::Side { run_id: summary.run_id.clone(), prompt: Some(best.prompt.clone()), provider: Some(best.provider.clone()) };
+                let cb = tunegate_run::compare::compare(&store, &side, &after, 0.05, 0)?;
+                println!(
+                    "Tuned `{}` vs the best untuned prompt `{}`: {} vs {}, McNemar p = {}: {}.",
+                    tune.prompt,
+                    best.prompt,
+                    output::pct(cb.pass_rate_b),
+                    output::pct(cb.pass_rate_a),
+                    tunegate_run::compare::fmt_p(cb.mcnemar.p_value),
+                    cb.verdict
+                );
+                comparisons.push(cb);
+            }
+            comparisons.insert(0, c);
+        }
+    }
     let report = a.dir.join("report.html");
     std::fs::write(&report, crate::html::eval_report(&store, &summary, &comparisons)?).with_context(|| format!("cannot write {}", report.display()))?;
     println!("Report (one self-contained HTML file): {}", report.display());
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
-        "Not built yet, so not run here: the advisor (advise), LoRA tuning (tune) with the tuned model's before/after comparison, and the HTML report; quickstart grows as they land."
+        "Not built yet, so not run here: the advisor (advise); quickstart grows as it lands."
     );
     Ok(ExitCode::SUCCESS)
 }

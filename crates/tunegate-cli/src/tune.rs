@@ -103,7 +103,9 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let tune = task.file.tune.clone().ok_or_else(|| tunegate_core::InputError::new(&task.path, "no `tune:` section").field("tune").hint("add `tune: { base: ..., prompt: PROMPT_ID }`"))?;
     let backend = a.backend.clone().or(tune.backend.clone()).unwrap_or_else(|| if tune.base.starts_with("local:") { "local".into() } else { "remote".into() });
     if backend == "local" {
-        bail!(usage("local LoRA training (`--backend local`) is not built yet; use an OpenAI-compatible fine-tuning endpoint with `--backend remote` and tune.base_url"));
+        let (job_id, _) = local_tune(&task, &tune, &store_path, true)?;
+        println!("evaluate it: add `- id: tuned:{job_id}` under providers (with the prompt `{}`), then `tunegate eval`", tune.prompt);
+        return Ok(ExitCode::SUCCESS);
     }
     let base_url = tune.base_url.clone().ok_or_else(|| tunegate_core::InputError::new(&task.path, "the remote backend needs tune.base_url (an OpenAI-compatible API, e.g. https://host/v1)").field("tune.base_url"))?;
     // Leakage always blocks tuning: the after-measurement would be memory.
@@ -235,6 +237,154 @@ async fn watch(client: &FineTuneClient, store: &Store, id: &str, a: &TuneArgs, c
     }
 }
 
+/// Trains a LoRA adapter for the embedded model on data.examples rendered
+/// through `tune.prompt`; returns the job id and the adapter directory.
+pub fn local_tune(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path: &std::path::Path, show: bool) -> Result<(String, PathBuf)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    use tunegate_model::lora::{train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+    tunegate_core::data::refuse_on_leakage(task).map_err(|e| usage(format!("{e}; see `tunegate data check`")))?;
+    let model_name = tune.base.strip_prefix("local:").ok_or_else(|| usage(format!("the local backend tunes the embedded model; tune.base is `{}` (use local:gemma-3-270m or local:PATH.gguf)", tune.base)))?;
+    let model_path = tunegate_model::resolve_model(model_name).map_err(|e| usage(e.to_string()))?;
+    let examples_path = task.examples_path().ok_or_else(|| tunegate_core::InputError::new(&task.path, "fine-tuning trains on data.examples, which is not set").field("data.examples"))?;
+    let g = tunegate_model::GgufFile::open(&model_path)?;
+    let tok = tunegate_model::Tokenizer::from_gguf(&g)?;
+    let eos = tok.eos_id().unwrap_or(1);
+    let max_len = tune.max_seq_len.unwrap_or(512);
+    let mut skipped = 0;
+    let mut encode_file = |p: &std::path::Path| -> Result<Vec<TrainExample>> {
+        let cases = tunegate_core::load_cases(p)?;
+        let mut out = vec![];
+        for e in render_examples(task, &cases, p)? {
+            let prompt: Vec<tunegate_core::Message> = e.messages.iter().filter(|m| m.role != "assistant").cloned().collect();
+            let prompt = tunegate_core::template::flatten_messages(&prompt);
+            let answer = e.messages.iter().find(|m| m.role == "assistant").map(|m| m.content.clone()).unwrap_or_default();
+            // The tuned model continues the prompt as the provider sends it:
+            // after a space when the prompt does not end in whitespace.
+            let sep = if prompt.ends_with(char::is_whitespace) || answer.starts_with(char::is_whitespace) { "" } else { " " };
+            let p_ids = tok.encode(&prompt, true, false);
+            let mut ids = tok.encode(&format!("{prompt}{sep}{answer}"), true, false);
+            if ids.len() < p_ids.len() || ids[..p_ids.len()] != p_ids[..] {
+                ids = p_ids.clone();
+                ids.extend(tok.encode(&format!("{sep}{answer}"), false, false));
+            }
+            ids.push(eos);
+            if ids.len() > max_len {
+                skipped += 1;
+                continue;
+            }
+            out.push(TrainExample { loss_from: p_ids.len(), tokens: ids });
+        }
+        Ok(out)
+    };
+    let mut train_set = encode_file(&examples_path)?;
+    let seed = tune.seed.unwrap_or(0);
+    // Validation: data.validation, else 10% held back from the examples
+    // (never the eval set, which must stay untouched for before/after).
+    let validation = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
+        Some(p) => encode_file(&p)?,
+        None => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            train_set.shuffle(&mut rng);
+            let n_val = (train_set.len() / 10).max(1).min(train_set.len().saturating_sub(1));
+            train_set.split_off(train_set.len() - n_val)
+        }
+    };
+    if train_set.is_empty() {
+        bail!(usage("no training examples left to train on"));
+    }
+    if skipped > 0 && show {
+        eprintln!("skipped {skipped} examples longer than max_seq_len {max_len}");
+    }
+    let lora = LoraConfig {
+        rank: tune.lora.rank.unwrap_or(8),
+        alpha: tune.lora.alpha.unwrap_or(16.0),
+        dropout: tune.lora.dropout.unwrap_or(0.0),
+        targets: tune.lora.target_modules.clone().unwrap_or_else(|| vec!["q".into(), "v".into()]),
+    };
+    let batch = tune.batch_size.unwrap_or(8);
+    let epochs = tune.epochs.unwrap_or(3) as usize;
+    let steps = train_set.len().div_ceil(batch) * epochs;
+    let opts = TrainOptions {
+        epochs,
+        batch_size: batch,
+        learning_rate: tune.learning_rate.unwrap_or(1e-3),
+        warmup_steps: tune.warmup_steps.map(|w| w as usize).unwrap_or((steps / 20).max(1)),
+        schedule: tune.lr_schedule.clone().unwrap_or_else(|| "cosine".into()),
+        weight_decay: tune.weight_decay.unwrap_or(0.0),
+        grad_clip: Some(tune.grad_clip.unwrap_or(1.0)),
+        seed,
+    };
+    if show {
+        eprintln!(
+            "LoRA r={} alpha={} on {:?}: {} training / {} validation examples, {} epochs, batch {}, lr {} ({}), seed {}",
+            lora.rank, lora.alpha, lora.targets, train_set.len(), validation.len(), epochs, batch, opts.learning_rate, opts.schedule, seed
+        );
+    }
+    let cfg = tunegate_model::gemma3::Config::from_file(&model_path)?;
+    let mut model = LoraModel::load(&model_path, cfg, lora, seed)?;
+    let pb = if show { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
+    pb.set_style(indicatif::ProgressStyle::with_template("training [{bar:30}] step {pos}/{len} · {msg} · ETA {eta}").unwrap().progress_chars("=> "));
+    let t0 = std::time::Instant::now();
+    let mut tokens = 0usize;
+    let mut val_losses = vec![];
+    let log = train(
+        &mut model,
+        &train_set,
+        &validation,
+        &opts,
+        &mut |s| {
+            tokens += s.tokens;
+            pb.set_message(format!("loss {:.3} · {:.0} tok/s", s.loss, tokens as f64 / t0.elapsed().as_secs_f64()));
+            pb.inc(1);
+        },
+        &mut |epoch, val| {
+            if let Some(v) = val {
+                pb.println(format!("epoch {}: validation loss {v:.4}", epoch + 1));
+                val_losses.push(v);
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let job_id = format!("lora-{}", Store::new_run_id());
+    let dir = store_path.parent().unwrap_or(std::path::Path::new(".")).join("adapters").join(&job_id);
+    model.save_peft(&dir, tunegate_core::data::export::hf_model_for(&tune.base).unwrap_or("google/gemma-3-270m"))?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let train_s = t0.elapsed().as_secs_f64();
+    let store = Store::open(store_path)?;
+    let now = tunegate_store::now();
+    let final_loss = log.last().map(|s| s.loss);
+    store.insert_tune_job(&TuneJob {
+        id: job_id.clone(),
+        backend: "local".into(),
+        task_name: task.file.task.name.clone(),
+        base_url: None,
+        api_key_env: None,
+        base_model: tune.base.clone(),
+        status: "succeeded".into(),
+        fine_tuned_model: Some(format!("{}+adapter:{}", tune.base, dir.display())),
+        data_hash: tunegate_core::task::hash_json(&train_set.iter().map(|e| &e.tokens).collect::<Vec<_>>()),
+        created_at: now.clone(),
+        updated_at: now,
+        meta: json!({"steps": log.len(), "final_loss": final_loss, "validation_losses": val_losses, "train_seconds": train_s, "tokens_per_second": tokens as f64 / train_s,
+                     "epochs": epochs, "batch_size": batch, "learning_rate": opts.learning_rate, "seed": seed, "lora": model.lora_cfg, "adapter": dir}),
+    })?;
+    if show {
+        eprintln!(
+            "trained {} steps in {:.0}s ({:.0} tok/s); loss {:.3} -> {:.3}; validation loss {}; adapter: {}",
+            log.len(),
+            train_s,
+            tokens as f64 / train_s,
+            log.first().map(|s| s.loss).unwrap_or(0.0),
+            final_loss.unwrap_or(0.0),
+            val_losses.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" -> "),
+            dir.display()
+        );
+        eprintln!("job {job_id} recorded in {}", store_path.display());
+    }
+    Ok((job_id, dir))
+}
+
 /// Resolves `tuned:JOB` (or `tuned:MODEL`) providers from the store into
 /// OpenAI-compatible providers at the endpoint that trained them.
 pub fn resolve_tuned(spec: &tunegate_core::ProviderSpec, store_path: &std::path::Path) -> Result<tunegate_core::ProviderSpec> {
@@ -243,6 +393,11 @@ pub fn resolve_tuned(spec: &tunegate_core::ProviderSpec, store_path: &std::path:
     let job = store.get_tune_job(name)?.ok_or_else(|| usage(format!("provider `{}`: no fine-tuning job or tuned model `{name}` is recorded (see `tunegate tune --list`)", spec.id)))?;
     let model = job.fine_tuned_model.clone().ok_or_else(|| usage(format!("provider `{}`: job {} has not produced a model (status {})", spec.id, job.id, job.status)))?;
     let mut s = spec.clone();
+    if job.backend == "local" {
+        s.id = model;
+        s.label = Some(spec.label.clone().unwrap_or_else(|| spec.id.clone()));
+        return Ok(s);
+    }
     s.id = format!("openai-compatible:{model}");
     s.base_url = s.base_url.or(job.base_url.clone());
     s.api_key_env = s.api_key_env.or(job.api_key_env.clone());

@@ -46,10 +46,18 @@ fn lcp(a: &[u32], b: &[u32]) -> usize {
 
 impl LocalModel {
     pub fn load(path: &Path) -> Result<LocalModel, ModelError> {
+        Self::load_with_adapter(path, None)
+    }
+
+    /// The model with a LoRA adapter directory applied (PEFT layout).
+    pub fn load_with_adapter(path: &Path, adapter: Option<&Path>) -> Result<LocalModel, ModelError> {
         let g = crate::GgufFile::open(path).map_err(|e| ModelError::Format(e.to_string()))?;
         let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| ModelError::Format(e.to_string()))?;
         drop(g);
-        let model = Gemma3::load(path)?;
+        let mut model = Gemma3::load(path)?;
+        if let Some(a) = adapter {
+            model.load_adapter(a)?;
+        }
         Ok(LocalModel { model, tokenizer, path: path.to_path_buf(), prefixes: Mutex::new(vec![]) })
     }
 

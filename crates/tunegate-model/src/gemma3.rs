@@ -109,6 +109,10 @@ pub struct Gemma3 {
     device: Device,
     /// Per-layer ggml types as stored in the file, for `model info`.
     pub tensor_types: Vec<(String, String)>,
+    /// LoRA adapters applied on top of the quantized weights:
+    /// (layer, module) -> (A [r, in], B [out, r]), and alpha / r.
+    lora: std::collections::BTreeMap<(usize, String), (Tensor, Tensor)>,
+    lora_scale: f64,
 }
 
 /// The keys and values one sequence has seen, per layer: [1, n_kv, T, hd].
@@ -224,7 +228,48 @@ impl Gemma3 {
             true => QMatMul::from_qtensor(load_q("output.weight")?).map_err(ModelError::candle)?,
             false => QMatMul::from_arc(embed.clone()).map_err(ModelError::candle)?,
         };
-        Ok(Gemma3 { cfg, embed, lm_head, layers, out_norm, device, tensor_types })
+        Ok(Gemma3 { cfg, embed, lm_head, layers, out_norm, device, tensor_types, lora: Default::default(), lora_scale: 0.0 })
+    }
+
+    /// Applies a PEFT LoRA adapter (adapter_config.json and
+    /// adapter_model.safetensors in `dir`): each targeted projection becomes
+    /// `W x + (alpha / r) B A x`, computed beside the quantized `W x`.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io(cfg_path.clone(), e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", cfg_path.display())))?;
+        let r = v["r"].as_f64().ok_or_else(|| ModelError::Format(format!("{}: no `r`", cfg_path.display())))?;
+        let alpha = v["lora_alpha"].as_f64().unwrap_or(r);
+        let st = dir.join("adapter_model.safetensors");
+        let tensors = candle_core::safetensors::load(&st, &self.device).map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
+        let mut lora = std::collections::BTreeMap::new();
+        for (k, a) in &tensors {
+            let Some(stem) = k.strip_suffix(".lora_A.weight") else { continue };
+            let b = tensors.get(&format!("{stem}.lora_B.weight")).ok_or_else(|| ModelError::Format(format!("{}: {stem} has lora_A but no lora_B", st.display())))?;
+            let rest = stem.split(".layers.").nth(1).ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
+            let (li, module) = rest.split_once('.').ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
+            let li: usize = li.parse().map_err(|_| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
+            let short = crate::lora::TARGETS.iter().find(|(_, m)| *m == module).map(|(s, _)| s.to_string()).ok_or_else(|| ModelError::Format(format!("{}: unknown module {module}", st.display())))?;
+            if li >= self.cfg.n_layer {
+                return Err(ModelError::Format(format!("{}: layer {li} does not exist in this model", st.display())));
+            }
+            lora.insert((li, short), (a.to_dtype(DType::F32).map_err(ModelError::candle)?, b.to_dtype(DType::F32).map_err(ModelError::candle)?));
+        }
+        if lora.is_empty() {
+            return Err(ModelError::Format(format!("{}: no LoRA tensors", st.display())));
+        }
+        self.lora = lora;
+        self.lora_scale = alpha / r;
+        Ok(())
+    }
+
+    /// A projection with its adapter, when there is one.
+    fn proj(&self, li: usize, name: &str, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = w.forward(x)?;
+        match self.lora.get(&(li, name.to_string())) {
+            None => Ok(y),
+            Some((a, b)) => y + (x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * self.lora_scale)?,
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -315,9 +360,9 @@ impl Gemma3 {
         for (li, layer) in self.layers.iter().enumerate().take(n_layers) {
             let local = cfg.is_local(li);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let q = layer.wq.forward(&h)?; // [1, n, nh*hd]
-            let k = layer.wk.forward(&h)?;
-            let v = layer.wv.forward(&h)?;
+            let q = self.proj(li, "q", &layer.wq, &h)?; // [1, n, nh*hd]
+            let k = self.proj(li, "k", &layer.wk, &h)?;
+            let v = self.proj(li, "v", &layer.wv, &h)?;
             let mut outs = Vec::with_capacity(seqs.len());
             for (si, s) in seqs.iter_mut().enumerate() {
                 let (off, l, past, ref rg, ref rl, ref mg, ref ml) = per_seq[si];
@@ -350,13 +395,13 @@ impl Gemma3 {
                 outs.push(o);
             }
             let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 1)? };
-            let attn = layer.wo.forward(&attn)?;
+            let attn = self.proj(li, "o", &layer.wo, &attn)?;
             let attn = candle_nn::ops::rms_norm(&attn, &layer.post_attn_norm, cfg.rms_eps as f32)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let g = layer.gate.forward(&h)?.gelu()?; // tanh approximation, as Gemma
-            let u = layer.up.forward(&h)?;
-            let m = layer.down.forward(&(g * u)?)?;
+            let g = self.proj(li, "gate", &layer.gate, &h)?.gelu()?; // tanh approximation, as Gemma
+            let u = self.proj(li, "up", &layer.up, &h)?;
+            let m = self.proj(li, "down", &layer.down, &(g * u)?)?;
             let m = candle_nn::ops::rms_norm(&m, &layer.post_ffn_norm, cfg.rms_eps as f32)?;
             x = (x + m)?;
         }

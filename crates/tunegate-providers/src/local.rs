@@ -45,19 +45,27 @@ pub struct LocalEngine {
     pub model: Arc<LocalModel>,
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<LocalEngine>>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, Arc<LocalEngine>>>> = OnceLock::new();
+type Key = (PathBuf, Option<PathBuf>);
+
+fn registry() -> &'static Mutex<HashMap<Key, Arc<LocalEngine>>> {
+    static R: OnceLock<Mutex<HashMap<Key, Arc<LocalEngine>>>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 impl LocalEngine {
     /// The engine for a model file, loading it on first use (once per process).
     pub fn get(path: &Path) -> Result<Arc<LocalEngine>, ProviderError> {
+        Self::get_with(path, None)
+    }
+
+    /// The engine for a model file with a LoRA adapter applied.
+    pub fn get_with(path: &Path, adapter: Option<&Path>) -> Result<Arc<LocalEngine>, ProviderError> {
+        let key = (path.to_path_buf(), adapter.map(Path::to_path_buf));
         let mut reg = registry().lock().unwrap();
-        if let Some(w) = reg.get(path) {
+        if let Some(w) = reg.get(&key) {
             return Ok(w.clone());
         }
-        let model = Arc::new(LocalModel::load(path).map_err(|e| ProviderError::Config(format!("cannot load the local model {}: {e}", path.display())))?);
+        let model = Arc::new(LocalModel::load_with_adapter(path, adapter).map_err(|e| ProviderError::Config(format!("cannot load the local model {}{}: {e}", path.display(), adapter.map(|a| format!(" with adapter {}", a.display())).unwrap_or_default())))?);
         let (tx, rx) = mpsc::channel::<Job>();
         let m = model.clone();
         std::thread::Builder::new()
@@ -65,7 +73,7 @@ impl LocalEngine {
             .spawn(move || serve(m, rx))
             .map_err(|e| ProviderError::Config(format!("cannot start the model thread: {e}")))?;
         let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model });
-        reg.insert(path.to_path_buf(), w.clone());
+        reg.insert(key, w.clone());
         Ok(w)
     }
 
@@ -146,6 +154,7 @@ pub fn gen_params(p: &tunegate_core::Params) -> GenParams {
 pub struct LocalProvider {
     name: String,
     path: PathBuf,
+    adapter: Option<PathBuf>,
     identity: String,
 }
 
@@ -153,6 +162,17 @@ impl LocalProvider {
     /// `model` is `gemma-3-270m` (the embedded model) or a GGUF path. The
     /// file is loaded lazily, on the first call.
     pub fn new(name: &str, model: &str, task_dir: &Path) -> Result<Self, ProviderError> {
+        // `NAME+adapter:DIR`: a LoRA adapter (PEFT layout) on top of the model.
+        let (model, adapter) = match model.split_once("+adapter:") {
+            Some((m, a)) => {
+                let a = if Path::new(a).is_absolute() { PathBuf::from(a) } else { task_dir.join(a) };
+                if !a.join("adapter_model.safetensors").is_file() {
+                    return Err(ProviderError::Config(format!("no adapter at {} (expected adapter_model.safetensors and adapter_config.json)", a.display())));
+                }
+                (m, Some(a))
+            }
+            None => (model, None),
+        };
         let candidate = task_dir.join(model);
         let path = if candidate.is_file() {
             candidate
@@ -160,7 +180,12 @@ impl LocalProvider {
             tunegate_model::resolve_model(model).map_err(|e| ProviderError::Config(e.to_string()))?
         };
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}", path.display()), path })
+        // The adapter's content, not just its path, defines the cache identity.
+        let adapter_id = adapter.as_ref().map(|a| {
+            let m = std::fs::metadata(a.join("adapter_model.safetensors")).ok();
+            format!("|{}|{:?}|{}", a.display(), m.as_ref().and_then(|m| m.modified().ok()), m.map(|m| m.len()).unwrap_or(0))
+        });
+        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}{}", path.display(), adapter_id.unwrap_or_default()), path, adapter })
     }
 }
 
@@ -179,8 +204,8 @@ impl Provider for LocalProvider {
         self.identity.clone()
     }
     async fn complete(&self, req: &Request) -> Result<Response, ProviderError> {
-        let path = self.path.clone();
-        let engine = tokio::task::spawn_blocking(move || LocalEngine::get(&path)).await.map_err(|e| ProviderError::Config(e.to_string()))??;
+        let (path, adapter) = (self.path.clone(), self.adapter.clone());
+        let engine = tokio::task::spawn_blocking(move || LocalEngine::get_with(&path, adapter.as_deref())).await.map_err(|e| ProviderError::Config(e.to_string()))??;
         let text = prompt_text(req);
         // A label continues the prompt after a space unless it ends in one.
         let choices = req.params.choices.as_ref().map(|cs| {
