@@ -1,6 +1,7 @@
 //! The `tunegate` command. Thin on purpose: parsing arguments, progress
 //! bars and output formats live here; everything else is in the libraries.
 
+mod advise;
 mod bench;
 mod commands;
 mod compare;
@@ -51,6 +52,8 @@ enum Command {
     Runs(commands::RunsArgs),
     /// Show one run case by case, failures first.
     Show(commands::ShowArgs),
+    /// The decision report: keep prompting, add retrieval, fix the data, or fine-tune.
+    Advise(advise::AdviseArgs),
     /// The whole loop on the bundled example, offline, on the embedded model.
     Quickstart(quickstart::QuickstartArgs),
     /// Fine-tune: a remote job on an OpenAI-compatible API (local LoRA: not yet).
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Runs(a) => commands::runs(a),
         Command::Compare(a) => compare::run(a),
         Command::Show(a) => commands::show(a),
+        Command::Advise(a) => advise::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Data(d) => data::run(d),
         Command::Quickstart(a) => quickstart::run(a),

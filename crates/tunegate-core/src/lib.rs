@@ -2,6 +2,7 @@
 //! statistics. Pure logic: it reads the user's files and nothing else (no
 //! HTTP, no database, no model), so every rule here is testable in isolation.
 
+pub mod advise;
 pub mod data;
 pub mod dataset;
 pub mod error;

@@ -496,6 +496,12 @@ impl Task {
                 return Err(self.err(self.line_of("prompt", &t.prompt, 1), "tune.prompt", format!("no prompt with id `{}`", t.prompt)));
             }
         }
+        if let Some(a) = &f.advise {
+            crate::advise::Thresholds::new(Some(a)).map_err(|m| {
+                let key = a.keys().find(|k| m.contains(&format!("`{k}`"))).cloned().unwrap_or_default();
+                self.err(self.key_line(&key).or(self.key_line("advise")), &format!("advise.{key}"), m).hint("the thresholds and their defaults are listed in README.md, \"The advisor\"")
+            })?;
+        }
         self.prompt_sources = sources;
         Ok(())
     }
