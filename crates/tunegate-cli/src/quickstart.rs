@@ -117,6 +117,17 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
             comparisons.push(c);
         }
     }
+    // The advisor on what was just measured.
+    match crate::advise::gather(&prep.task, &cfg, Some(&summary.run_id)).and_then(|ev| tunegate_core::advise::advise(&ev, prep.task.file.advise.as_ref()).map_err(anyhow::Error::msg)) {
+        Ok(adv) => {
+            println!("\nAdvisor: {}: {}", adv.verdict.as_str(), adv.summary);
+            if let Some(k) = &adv.keep_prompt {
+                println!("  keep prompt `{k}` on top of a tuned model");
+            }
+            println!("  full report: tunegate advise -c {}", cfg.display());
+        }
+        Err(e) => eprintln!("advisor: {e}"),
+    }
     // Tune: LoRA on the embedded model with the short prompt, then evaluate
     // the tuned model on the same eval set and compare, case by case.
     if !a.no_tune {
@@ -174,7 +185,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     println!("Report (one self-contained HTML file): {}", report.display());
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
-        "Not built yet, so not run here: the advisor (advise); quickstart grows as it lands."
+        "Next: tunegate advise -c {} (the full decision report), tunegate show/compare for details.", cfg.display()
     );
     Ok(ExitCode::SUCCESS)
 }
