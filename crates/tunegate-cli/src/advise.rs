@@ -18,6 +18,8 @@ pub enum AdviseFormat {
     Text,
     Json,
     Md,
+    /// One self-contained HTML file (use -o).
+    Html,
 }
 
 #[derive(Args)]
@@ -40,6 +42,7 @@ pub fn run(a: AdviseArgs) -> Result<ExitCode> {
         AdviseFormat::Json => println!("{}", serde_json::to_string_pretty(&advice)?),
         AdviseFormat::Text => print!("{}", text(&advice, &path)),
         AdviseFormat::Md => print!("{}", markdown(&advice, &path)),
+        AdviseFormat::Html => print!("{}", crate::html::advice_report(&advice)),
     }
     Ok(ExitCode::SUCCESS)
 }

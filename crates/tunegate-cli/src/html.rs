@@ -78,7 +78,15 @@ function render(){ const rows = shown.slice(page*PAGE,(page+1)*PAGE).map(c=>{ co
    return `<tr><td class="${k}">${k==='err'?'ERROR':k.toUpperCase()}</td><td>${esc(c[0])}@${esc(c[1])}</td><td>${esc(c[2])}</td><td class="num">${c[3]}</td><td class="text">${esc(c[5])}</td><td class="text">${esc(c[6])}</td><td class="text">${esc(c[7])}</td><td class="text muted">${esc(c[8])}</td></tr>`; }).join('');
   $('#ct').innerHTML = '<tr><th></th><th>prompt@provider</th><th>case</th><th>line</th><th>input</th><th>expected</th><th>output</th><th>why</th></tr>' + rows;
   $('#pinfo').textContent = `${shown.length} cases · page ${shown.length?page+1:0} of ${Math.max(1,Math.ceil(shown.length/PAGE))}`; }
-leaderboard(); confusion(); beforeAfter(); cases();
+function advice(){ const a = D.advice; if(!a){ $('#advice').remove(); return; }
+  const rows = a.table.map(r=>`<tr><td>${esc(r.row)}</td><td class="text">${esc(r.evidence)}</td><td>${esc(r.points_to)}</td><td>${esc(r.confidence)}</td></tr>`).join('');
+  const steps = a.next_steps.map(s=>`<li>${esc(s.text)}${s.command?`<br><code>$ ${esc(s.command)}</code>`:''}</li>`).join('');
+  $('#adv').innerHTML = `<div class="verdict">${esc(a.verdict)}</div><div>${esc(a.summary)}</div>`+
+   (a.keep_prompt?`<div class="muted">Keep prompt <b>${esc(a.keep_prompt)}</b> on top of the tuned model.</div>`:'')+
+   `<ul>${a.reasons.map(r=>`<li>${esc(r)}</li>`).join('')}</ul>`+
+   `<table><tr><th>decision row</th><th>measured evidence</th><th>points to</th><th>confidence</th></tr>${rows}</table>`+
+   `<h2 style="margin-top:12px">Next steps</h2><ol>${steps}</ol>`; }
+advice(); leaderboard(); confusion(); beforeAfter(); cases();
 "##;
 
 /// Escapes embedded JSON so `</script>` inside data cannot end the tag.
@@ -94,6 +102,7 @@ pub fn page(title: &str, subtitle: &str, data: &Value) -> String {
     format!(
         r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><style>{STYLE}</style></head><body>
 <header><h1>{t}</h1><p>{s}</p></header><main>
+<section id="advice"><h2>Advisor</h2><div id="adv"></div></section>
 <section id="beforeafter"><h2>Before / after</h2><div id="ba"></div></section>
 <section id="leaderboard"><h2>Leaderboard: prompt × provider</h2><table id="lb"></table><p class="muted">Bars: pass rate; whiskers: 95% Wilson interval. Provider errors are not counted as failures.</p></section>
 <section id="confusion"><h2>Confusion matrix</h2><div class="controls"><select id="cmgroup"></select><span id="cmsum" class="muted"></span></div><table id="cm" class="cm"></table></section>
@@ -120,14 +129,25 @@ fn reasons(r: &tunegate_store::ResultRow) -> String {
 /// The eval report: leaderboard, confusion matrix, before/after (with a
 /// baseline), and every case.
 pub fn eval_report(store: &Store, s: &RunSummary, comparisons: &[Comparison]) -> anyhow::Result<String> {
+    eval_report_with(store, s, comparisons, None)
+}
+
+/// The eval report with the advisor's verdict, table and next steps on top.
+pub fn eval_report_with(store: &Store, s: &RunSummary, comparisons: &[Comparison], advice: Option<&tunegate_core::advise::Advice>) -> anyhow::Result<String> {
     let mut cases = vec![];
     store.for_each_result(&s.run_id, false, |r| {
         let pass = if r.error.is_some() { Value::Null } else { json!(if r.pass == Some(true) { 1 } else { 0 }) };
         cases.push(json!([r.prompt_id, r.provider, r.case_id, r.case_line, pass, r.input, r.expected.as_ref().map(tunegate_core::dataset::value_text), r.output, reasons(&r)]));
     })?;
-    let data = json!({"groups": s.groups, "comparisons": comparisons, "cases": cases});
+    let data = json!({"groups": s.groups, "comparisons": comparisons, "cases": cases, "advice": advice});
     let sub = format!("run {} · task {} · {} · {} results ({} passed, {} failed, {} errors)", s.run_id, s.run.task_name, s.run.created_at, s.total, s.passed, s.failed, s.errors);
     Ok(page(&format!("tunegate: {}", s.run.task_name), &sub, &data))
+}
+
+/// The advisor's report alone.
+pub fn advice_report(a: &tunegate_core::advise::Advice) -> String {
+    let data = json!({"groups": [], "comparisons": [], "cases": [], "advice": a});
+    page(&format!("tunegate advise: {}", a.task), &format!("verdict {}", a.verdict.as_str()), &data)
 }
 
 pub fn compare_report(comparisons: &[Comparison]) -> String {

@@ -118,6 +118,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
         }
     }
     // The advisor on what was just measured.
+    let mut advice = None;
     match crate::advise::gather(&prep.task, &cfg, Some(&summary.run_id)).and_then(|ev| tunegate_core::advise::advise(&ev, prep.task.file.advise.as_ref()).map_err(anyhow::Error::msg)) {
         Ok(adv) => {
             println!("\nAdvisor: {}: {}", adv.verdict.as_str(), adv.summary);
@@ -125,6 +126,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
                 println!("  keep prompt `{k}` on top of a tuned model");
             }
             println!("  full report: tunegate advise -c {}", cfg.display());
+            advice = Some(adv);
         }
         Err(e) => eprintln!("advisor: {e}"),
     }
@@ -181,7 +183,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
         }
     }
     let report = a.dir.join("report.html");
-    std::fs::write(&report, crate::html::eval_report(&store, &summary, &comparisons)?).with_context(|| format!("cannot write {}", report.display()))?;
+    std::fs::write(&report, crate::html::eval_report_with(&store, &summary, &comparisons, advice.as_ref())?).with_context(|| format!("cannot write {}", report.display()))?;
     println!("Report (one self-contained HTML file): {}", report.display());
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
