@@ -129,17 +129,24 @@ fn reasons(r: &tunegate_store::ResultRow) -> String {
 /// The eval report: leaderboard, confusion matrix, before/after (with a
 /// baseline), and every case.
 pub fn eval_report(store: &Store, s: &RunSummary, comparisons: &[Comparison]) -> anyhow::Result<String> {
-    eval_report_with(store, s, comparisons, None)
+    eval_report_with(store, s, &[], comparisons, None)
 }
 
 /// The eval report with the advisor's verdict, table and next steps on top.
-pub fn eval_report_with(store: &Store, s: &RunSummary, comparisons: &[Comparison], advice: Option<&tunegate_core::advise::Advice>) -> anyhow::Result<String> {
+/// `extra` runs (e.g. the tuned model's) join the leaderboard and the cases.
+pub fn eval_report_with(store: &Store, s: &RunSummary, extra: &[RunSummary], comparisons: &[Comparison], advice: Option<&tunegate_core::advise::Advice>) -> anyhow::Result<String> {
     let mut cases = vec![];
-    store.for_each_result(&s.run_id, false, |r| {
-        let pass = if r.error.is_some() { Value::Null } else { json!(if r.pass == Some(true) { 1 } else { 0 }) };
-        cases.push(json!([r.prompt_id, r.provider, r.case_id, r.case_line, pass, r.input, r.expected.as_ref().map(tunegate_core::dataset::value_text), r.output, reasons(&r)]));
-    })?;
-    let data = json!({"groups": s.groups, "comparisons": comparisons, "cases": cases, "advice": advice});
+    let mut groups = s.groups.clone();
+    for run in std::iter::once(s).chain(extra) {
+        store.for_each_result(&run.run_id, false, |r| {
+            let pass = if r.error.is_some() { Value::Null } else { json!(if r.pass == Some(true) { 1 } else { 0 }) };
+            cases.push(json!([r.prompt_id, r.provider, r.case_id, r.case_line, pass, r.input, r.expected.as_ref().map(tunegate_core::dataset::value_text), r.output, reasons(&r)]));
+        })?;
+    }
+    for e in extra {
+        groups.extend(e.groups.iter().cloned());
+    }
+    let data = json!({"groups": groups, "comparisons": comparisons, "cases": cases, "advice": advice});
     let sub = format!("run {} · task {} · {} · {} results ({} passed, {} failed, {} errors)", s.run_id, s.run.task_name, s.run.created_at, s.total, s.passed, s.failed, s.errors);
     Ok(page(&format!("tunegate: {}", s.run.task_name), &sub, &data))
 }

@@ -119,6 +119,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     }
     // The advisor on what was just measured.
     let mut advice = None;
+    let mut extra = vec![];
     match crate::advise::gather(&prep.task, &cfg, Some(&summary.run_id)).and_then(|ev| tunegate_core::advise::advise(&ev, prep.task.file.advise.as_ref()).map_err(anyhow::Error::msg)) {
         Ok(adv) => {
             println!("\nAdvisor: {}: {}", adv.verdict.as_str(), adv.summary);
@@ -152,6 +153,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
             let before = tunegate_run::compare::Side { run_id: summary.run_id.clone(), prompt: Some(tune.prompt.clone()), provider: Some(base_spec.name().to_string()) };
             let after = tunegate_run::compare::Side { run_id: tuned.run_id.clone(), prompt: Some(tune.prompt.clone()), provider: Some(spec.name().to_string()) };
             let c = tunegate_run::compare::compare(&store, &before, &after, 0.05, 0)?;
+            extra.push(tunegate_run::summarize(&store, &tuned.run_id)?);
             println!(
                 "\nBefore/after fine-tuning, prompt `{}`: base {} -> tuned {} ({:+.1} pts, 95% CI {:+.1} to {:+.1}); {} improvements, {} regressions, McNemar p = {}: {}.",
                 tune.prompt,
@@ -183,7 +185,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
         }
     }
     let report = a.dir.join("report.html");
-    std::fs::write(&report, crate::html::eval_report_with(&store, &summary, &comparisons, advice.as_ref())?).with_context(|| format!("cannot write {}", report.display()))?;
+    std::fs::write(&report, crate::html::eval_report_with(&store, &summary, &extra, &comparisons, advice.as_ref())?).with_context(|| format!("cannot write {}", report.display()))?;
     println!("Report (one self-contained HTML file): {}", report.display());
     println!("\nExplore: tunegate show {} -c {} --failed", summary.run_id, cfg.display());
     println!(
