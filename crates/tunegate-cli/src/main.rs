@@ -56,7 +56,7 @@ enum Command {
     Advise(advise::AdviseArgs),
     /// The whole loop on the bundled example, offline, on the embedded model.
     Quickstart(quickstart::QuickstartArgs),
-    /// Fine-tune: a remote job on an OpenAI-compatible API (local LoRA: not yet).
+    /// Fine-tune: LoRA on the embedded model, or a job on an OpenAI-compatible API.
     Tune(tune::TuneArgs),
     /// OpenAI-compatible server for the local model (loopback by default).
     Serve(serve::ServeArgs),

@@ -1,7 +1,8 @@
 //! `tunegate tune`: fine-tuning. The remote backend drives any
 //! OpenAI-compatible fine-tuning API; the job is recorded in the store the
 //! moment it exists, so a crash or a lost connection never loses it
-//! (`--attach JOB` resumes watching). Local LoRA training is not built yet.
+//! (`--attach JOB` resumes watching). The local backend trains LoRA adapters
+//! for the embedded model on the CPU.
 
 use crate::commands::usage;
 use anyhow::{bail, Context, Result};
