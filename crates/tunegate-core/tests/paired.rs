@@ -70,3 +70,20 @@ fn sample_size_for_power() {
     assert_eq!(n, want);
     assert!(mcnemar_sample_size(0.0, 0.1, 0.05).is_none());
 }
+
+#[test]
+fn bootstrap_matches_scipy_within_monte_carlo_error() {
+    // Reference: scipy 1.17.1, scipy.stats.bootstrap((d,), np.mean,
+    // method="percentile", n_resamples=10000, random_state=0). Different
+    // random streams, so the bounds agree to Monte Carlo error, not bits.
+    let mut d = vec![0.0; 310];
+    d.extend(std::iter::repeat(1.0).take(60));
+    d.extend(std::iter::repeat(-1.0).take(30));
+    let a = paired_bootstrap(&d, BOOTSTRAP_RESAMPLES, 0);
+    assert!((a.low - 0.0275).abs() <= 0.005 && (a.high - 0.12).abs() <= 0.005, "{a:?} vs scipy (0.0275, 0.12)");
+    let mut d2 = vec![0.0; 40];
+    d2.extend(std::iter::repeat(1.0).take(7));
+    d2.extend(std::iter::repeat(-1.0).take(3));
+    let b = paired_bootstrap(&d2, BOOTSTRAP_RESAMPLES, 0);
+    assert!((b.low - -0.04).abs() <= 0.02 && (b.high - 0.2).abs() <= 0.02, "{b:?} vs scipy (-0.04, 0.2)");
+}
