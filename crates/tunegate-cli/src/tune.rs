@@ -29,6 +29,11 @@ pub struct TuneArgs {
     /// Resume watching a recorded job (after a crash, Ctrl-C or lost connection).
     #[arg(long, value_name = "JOB")]
     pub attach: Option<String>,
+    /// Continue an interrupted local training run from its last checkpoint
+    /// (the latest unfinished one, or JOB); the result is the same as an
+    /// uninterrupted run's.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "JOB")]
+    pub resume: Option<String>,
     /// Cancel a job.
     #[arg(long, value_name = "JOB")]
     pub cancel: Option<String>,
@@ -103,8 +108,8 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let task = Task::load(&path)?;
     let tune = task.file.tune.clone().ok_or_else(|| tunegate_core::InputError::new(&task.path, "no `tune:` section").field("tune").hint("add `tune: { base: ..., prompt: PROMPT_ID }`"))?;
     let backend = a.backend.clone().or(tune.backend.clone()).unwrap_or_else(|| if tune.base.starts_with("local:") { "local".into() } else { "remote".into() });
-    if backend == "local" {
-        let (job_id, _) = local_tune(&task, &tune, &store_path, true)?;
+    if backend == "local" || a.resume.is_some() {
+        let (job_id, _) = local_tune_resumable(&task, &tune, &store_path, true, a.resume.as_deref())?;
         println!("evaluate it: add `- id: tuned:{job_id}` under providers (with the prompt `{}`), then `tunegate eval`", tune.prompt);
         return Ok(ExitCode::SUCCESS);
     }
@@ -241,9 +246,15 @@ async fn watch(client: &FineTuneClient, store: &Store, id: &str, a: &TuneArgs, c
 /// Trains a LoRA adapter for the embedded model on data.examples rendered
 /// through `tune.prompt`; returns the job id and the adapter directory.
 pub fn local_tune(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path: &std::path::Path, show: bool) -> Result<(String, PathBuf)> {
+    local_tune_resumable(task, tune, store_path, show, None)
+}
+
+/// [`local_tune`], continuing the job `resume` (or the latest unfinished
+/// local job for `latest`) from its checkpoint.
+pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path: &std::path::Path, show: bool, resume: Option<&str>) -> Result<(String, PathBuf)> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
-    use tunegate_model::lora::{train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+    use tunegate_model::lora::{load_checkpoint, train_resumable, Checkpointing, LoraConfig, LoraModel, TrainExample, TrainOptions};
     tunegate_core::data::refuse_on_leakage(task).map_err(|e| usage(format!("{e}; see `tunegate data check`")))?;
     let model_name = tune.base.strip_prefix("local:").ok_or_else(|| usage(format!("the local backend tunes the embedded model; tune.base is `{}` (use local:gemma-3-270m or local:PATH.gguf)", tune.base)))?;
     let model_path = tunegate_model::resolve_model(model_name).map_err(|e| usage(e.to_string()))?;
@@ -315,6 +326,7 @@ pub fn local_tune(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path:
         weight_decay: tune.weight_decay.unwrap_or(0.0),
         grad_clip: Some(tune.grad_clip.unwrap_or(1.0)),
         seed,
+        max_steps: None,
     };
     if show {
         eprintln!(
@@ -322,18 +334,67 @@ pub fn local_tune(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path:
             lora.rank, lora.alpha, lora.targets, train_set.len(), validation.len(), epochs, batch, opts.learning_rate, opts.schedule, seed
         );
     }
+    let data_hash = tunegate_core::task::hash_json(&json!([train_set.iter().map(|e| &e.tokens).collect::<Vec<_>>(), &lora, epochs, batch, opts.learning_rate, seed]));
+    let store = Store::open(store_path)?;
     let cfg = tunegate_model::gemma3::Config::from_file(&model_path)?;
     let mut model = LoraModel::load(&model_path, cfg, lora, seed)?;
+    // The job: a new one recorded before training starts, or the one resumed.
+    let (job_id, resumed) = match resume {
+        None => {
+            let id = format!("lora-{}", Store::new_run_id());
+            let now = tunegate_store::now();
+            store.insert_tune_job(&TuneJob {
+                id: id.clone(),
+                backend: "local".into(),
+                task_name: task.file.task.name.clone(),
+                base_url: None,
+                api_key_env: None,
+                base_model: tune.base.clone(),
+                status: "running".into(),
+                fine_tuned_model: None,
+                data_hash: data_hash.clone(),
+                created_at: now.clone(),
+                updated_at: now,
+                meta: json!({}),
+            })?;
+            (id, None)
+        }
+        Some(sel) => {
+            let job = if sel == "latest" {
+                store.list_tune_jobs()?.into_iter().find(|j| j.backend == "local" && j.status == "running")
+            } else {
+                store.get_tune_job(sel)?
+            }
+            .ok_or_else(|| usage(format!("no unfinished local tuning job `{sel}` to resume (see `tunegate tune --list`)")))?;
+            if job.data_hash != data_hash {
+                bail!(usage(format!("job {} was trained on other data or settings; it cannot be resumed (start a new run)", job.id)));
+            }
+            let ck = store_path.parent().unwrap_or(std::path::Path::new(".")).join("adapters").join(&job.id).join("checkpoint");
+            let state = load_checkpoint(&model, &ck).map_err(|e| usage(format!("job {}: no usable checkpoint ({e})", job.id)))?;
+            if show {
+                eprintln!("resuming job {} at step {} (epoch {})", job.id, state.1.step, state.1.epoch + 1);
+            }
+            (job.id, Some(state))
+        }
+    };
+    let job_dir = store_path.parent().unwrap_or(std::path::Path::new(".")).join("adapters").join(&job_id);
+    let ck_dir = job_dir.join("checkpoint");
+    std::fs::create_dir_all(&job_dir).with_context(|| format!("cannot create {}", job_dir.display()))?;
     let pb = if show { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
     pb.set_style(indicatif::ProgressStyle::with_template("training [{bar:30}] step {pos}/{len} · {msg} · ETA {eta}").unwrap().progress_chars("=> "));
     let t0 = std::time::Instant::now();
     let mut tokens = 0usize;
     let mut val_losses = vec![];
-    let log = train(
+    let done_steps = resumed.as_ref().map(|r| r.1.step).unwrap_or(0);
+    pb.set_position(done_steps as u64);
+    let every = tune.checkpoint_every.map(|c| c as usize).unwrap_or(10);
+    let (log, progress) = train_resumable(
         &mut model,
         &train_set,
         &validation,
         &opts,
+        Some(Checkpointing { dir: &ck_dir, every }),
+        resumed,
         &mut |s| {
             tokens += s.tokens;
             pb.set_message(format!("loss {:.3} · {:.0} tok/s", s.loss, tokens as f64 / t0.elapsed().as_secs_f64()));
@@ -347,33 +408,22 @@ pub fn local_tune(task: &Task, tune: &tunegate_core::task::TuneSpec, store_path:
         },
     )?;
     pb.finish_and_clear();
-    let job_id = format!("lora-{}", Store::new_run_id());
-    let dir = store_path.parent().unwrap_or(std::path::Path::new(".")).join("adapters").join(&job_id);
+    let val_losses = if progress.val_losses.is_empty() { val_losses } else { progress.val_losses.clone() };
+    let dir = job_dir.clone();
     model.save_peft(&dir, tunegate_core::data::export::hf_model_for(&tune.base).unwrap_or("google/gemma-3-270m"))?;
     let dir = dir.canonicalize().unwrap_or(dir);
     let train_s = t0.elapsed().as_secs_f64();
-    let store = Store::open(store_path)?;
-    let now = tunegate_store::now();
-    let final_loss = log.last().map(|s| s.loss);
-    store.insert_tune_job(&TuneJob {
-        id: job_id.clone(),
-        backend: "local".into(),
-        task_name: task.file.task.name.clone(),
-        base_url: None,
-        api_key_env: None,
-        base_model: tune.base.clone(),
-        status: "succeeded".into(),
-        fine_tuned_model: Some(format!("{}+adapter:{}", tune.base, dir.display())),
-        data_hash: tunegate_core::task::hash_json(&train_set.iter().map(|e| &e.tokens).collect::<Vec<_>>()),
-        created_at: now.clone(),
-        updated_at: now,
-        meta: json!({"steps": log.len(), "final_loss": final_loss, "validation_losses": val_losses, "train_seconds": train_s, "tokens_per_second": tokens as f64 / train_s,
-                     "epochs": epochs, "batch_size": batch, "learning_rate": opts.learning_rate, "seed": seed, "lora": model.lora_cfg, "adapter": dir}),
-    })?;
+    let final_loss = log.iter().rev().map(|s| s.loss).find(|l| l.is_finite());
+    store.update_tune_job(&job_id, "succeeded", Some(&format!("{}+adapter:{}", tune.base, dir.display())))?;
+    store.set_tune_job_meta(
+        &job_id,
+        &json!({"steps": progress.step, "final_loss": final_loss, "validation_losses": val_losses, "train_seconds": train_s, "tokens_per_second": tokens as f64 / train_s,
+                "epochs": epochs, "batch_size": batch, "learning_rate": opts.learning_rate, "seed": seed, "lora": model.lora_cfg, "adapter": dir}),
+    )?;
     if show {
         eprintln!(
             "trained {} steps in {:.0}s ({:.0} tok/s); loss {:.3} -> {:.3}; validation loss {}; adapter: {}",
-            log.len(),
+            progress.step,
             train_s,
             tokens as f64 / train_s,
             log.first().map(|s| s.loss).unwrap_or(0.0),

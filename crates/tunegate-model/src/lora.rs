@@ -344,11 +344,14 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     pub grad_clip: Option<f64>,
     pub seed: u64,
+    /// Stop after this many optimizer steps in all (the schedule still
+    /// spans every epoch, so a later resume continues the same run).
+    pub max_steps: Option<usize>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0 }
+        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0, max_steps: None }
     }
 }
 
@@ -376,9 +379,110 @@ pub struct StepInfo {
     pub grad_norm: f64,
 }
 
+/// AdamW moments and step count: the optimizer state a checkpoint keeps
+/// (candle's AdamW keeps its state private, so resuming needs our own).
+pub struct AdamState {
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub t: usize,
+}
+
+impl AdamState {
+    pub fn new(vars: &[Var]) -> candle_core::Result<AdamState> {
+        let z = |v: &Var| v.as_tensor().zeros_like();
+        Ok(AdamState { m: vars.iter().map(z).collect::<candle_core::Result<_>>()?, v: vars.iter().map(z).collect::<candle_core::Result<_>>()?, t: 0 })
+    }
+
+    /// Decoupled weight decay (Loshchilov & Hutter), betas 0.9 / 0.999, eps 1e-8.
+    fn step(&mut self, vars: &[Var], grads: &[Option<Tensor>], lr: f64, wd: f64) -> candle_core::Result<()> {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        self.t += 1;
+        let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
+        for (i, var) in vars.iter().enumerate() {
+            let Some(g) = &grads[i] else { continue };
+            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + eps)?)?;
+            let next = ((var.as_tensor() * (1.0 - lr * wd))? - (update * lr)?)?;
+            var.set(&next)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a run stands: enough to continue it exactly.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub step: usize,
+    pub epoch: usize,
+    /// Batches of `epoch` already done.
+    pub batch_in_epoch: usize,
+    pub val_losses: Vec<f64>,
+}
+
+/// Writes adapters, optimizer state and progress to `dir`, atomically (a
+/// temporary directory renamed over the old checkpoint).
+pub fn save_checkpoint(model: &LoraModel, state: &AdamState, progress: &Progress, dir: &Path) -> Result<(), ModelError> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::Io(tmp.clone(), e))?;
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (i, ((li, name), (a, b))) in model.adapters.iter().enumerate() {
+        map.insert(format!("{li}.{name}.A"), a.as_tensor().clone());
+        map.insert(format!("{li}.{name}.B"), b.as_tensor().clone());
+        for (k, t) in [("mA", &state.m[2 * i]), ("mB", &state.m[2 * i + 1]), ("vA", &state.v[2 * i]), ("vB", &state.v[2 * i + 1])] {
+            map.insert(format!("{li}.{name}.{k}"), t.clone());
+        }
+    }
+    candle_core::safetensors::save(&map, tmp.join("state.safetensors")).map_err(ModelError::candle)?;
+    let meta = serde_json::json!({"progress": progress, "adam_t": state.t, "lora": model.lora_cfg});
+    std::fs::write(tmp.join("progress.json"), meta.to_string()).map_err(|e| ModelError::Io(tmp.clone(), e))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| ModelError::Io(dir.to_path_buf(), e))
+}
+
+/// Restores adapters and optimizer state; returns where to continue.
+pub fn load_checkpoint(model: &LoraModel, dir: &Path) -> Result<(AdamState, Progress), ModelError> {
+    let text = std::fs::read_to_string(dir.join("progress.json")).map_err(|e| ModelError::Io(dir.join("progress.json"), e))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format(e.to_string()))?;
+    let progress: Progress = serde_json::from_value(meta["progress"].clone()).map_err(|e| ModelError::Format(e.to_string()))?;
+    let lora: LoraConfig = serde_json::from_value(meta["lora"].clone()).map_err(|e| ModelError::Format(e.to_string()))?;
+    if lora != model.lora_cfg {
+        return Err(ModelError::Input(format!("the checkpoint in {} was made with other LoRA settings ({lora:?})", dir.display())));
+    }
+    let t = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu).map_err(ModelError::candle)?;
+    let get = |k: &str| t.get(k).cloned().ok_or_else(|| ModelError::Format(format!("checkpoint {} lacks {k}", dir.display())));
+    let (mut m, mut v) = (vec![], vec![]);
+    for ((li, name), (a, b)) in model.adapters.iter() {
+        a.set(&get(&format!("{li}.{name}.A"))?).map_err(ModelError::candle)?;
+        b.set(&get(&format!("{li}.{name}.B"))?).map_err(ModelError::candle)?;
+        m.push(get(&format!("{li}.{name}.mA"))?);
+        m.push(get(&format!("{li}.{name}.mB"))?);
+        v.push(get(&format!("{li}.{name}.vA"))?);
+        v.push(get(&format!("{li}.{name}.vB"))?);
+    }
+    Ok((AdamState { m, v, t: meta["adam_t"].as_u64().unwrap_or(0) as usize }, progress))
+}
+
+/// Checkpointing: every `every` steps into `dir`.
+pub struct Checkpointing<'a> {
+    pub dir: &'a Path,
+    pub every: usize,
+}
+
+/// The example order of an epoch: a function of (seed, epoch) alone, so a
+/// resumed run sees exactly the batches the interrupted one would have.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)));
+    order
+}
+
 /// Trains the adapters. `on_step` hears every step; `on_epoch(epoch,
-/// val_loss)` every epoch. The example order comes from the seed, so the same
-/// seed on the same machine gives the same adapter.
+/// val_loss)` every epoch. The same seed on the same machine gives the same
+/// adapter, and so does a run resumed from any checkpoint.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut LoraModel,
     examples: &[TrainExample],
@@ -387,59 +491,95 @@ pub fn train(
     on_step: &mut dyn FnMut(&StepInfo),
     on_epoch: &mut dyn FnMut(usize, Option<f64>),
 ) -> Result<Vec<StepInfo>, ModelError> {
-    use candle_nn::Optimizer;
+    train_resumable(model, examples, validation, o, None, None, on_step, on_epoch).map(|(log, _)| log)
+}
+
+/// [`train`] with checkpoints and an optional state to continue from.
+#[allow(clippy::too_many_arguments)]
+pub fn train_resumable(
+    model: &mut LoraModel,
+    examples: &[TrainExample],
+    validation: &[TrainExample],
+    o: &TrainOptions,
+    checkpoints: Option<Checkpointing>,
+    resume: Option<(AdamState, Progress)>,
+    on_step: &mut dyn FnMut(&StepInfo),
+    on_epoch: &mut dyn FnMut(usize, Option<f64>),
+) -> Result<(Vec<StepInfo>, Progress), ModelError> {
     if examples.is_empty() {
         return Err(ModelError::Input("no training examples".into()));
     }
     let vars = model.vars();
-    let mut opt = candle_nn::AdamW::new(vars.clone(), candle_nn::ParamsAdamW { lr: o.learning_rate, weight_decay: o.weight_decay, ..Default::default() }).map_err(ModelError::candle)?;
     let bs = o.batch_size.max(1);
     let steps_per_epoch = examples.len().div_ceil(bs);
     let total = steps_per_epoch * o.epochs;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed);
+    let (mut state, mut progress) = match resume {
+        Some(r) => r,
+        None => (AdamState::new(&vars).map_err(ModelError::candle)?, Progress { step: 0, epoch: 0, batch_in_epoch: 0, val_losses: vec![] }),
+    };
     let mut log = vec![];
-    let mut step = 0;
-    for epoch in 0..o.epochs {
+    while progress.epoch < o.epochs {
         model.training = true;
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(bs) {
+        let order = epoch_order(examples.len(), o.seed, progress.epoch);
+        let batches: Vec<&[usize]> = order.chunks(bs).collect();
+        while progress.batch_in_epoch < batches.len() {
+            if o.max_steps.map(|m| progress.step >= m).unwrap_or(false) {
+                if let Some(c) = &checkpoints {
+                    save_checkpoint(model, &state, &progress, c.dir)?;
+                }
+                model.training = false;
+                return Ok((log, progress));
+            }
+            let chunk = batches[progress.batch_in_epoch];
             let batch: Vec<&TrainExample> = chunk.iter().map(|&i| &examples[i]).collect();
             let p = pack(&batch);
-            if p.targets.is_empty() {
-                continue;
-            }
-            let lr = lr_at(o, step, total);
-            opt.set_learning_rate(lr);
-            let loss = model.loss(&p)?;
-            let mut grads = loss.backward().map_err(ModelError::candle)?;
-            let mut sq = 0f64;
-            for v in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
+            // Dropout masks come from (seed, step), not from a running stream.
+            *model.dropout_rng.borrow_mut() = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed ^ (progress.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let lr = lr_at(o, progress.step, total);
+            let mut info = StepInfo { epoch: progress.epoch, step: progress.step, total_steps: total, loss: f64::NAN, lr, tokens: p.tokens.len(), grad_norm: 0.0 };
+            if !p.targets.is_empty() {
+                let loss = model.loss(&p)?;
+                let grads = loss.backward().map_err(ModelError::candle)?;
+                let mut gs: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+                let mut sq = 0f64;
+                for g in gs.iter().flatten() {
                     sq += g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_scalar::<f32>()).map_err(ModelError::candle)? as f64;
                 }
-            }
-            let norm = sq.sqrt();
-            if let Some(c) = o.grad_clip {
-                if norm > c {
-                    for v in &vars {
-                        if let Some(g) = grads.remove(v.as_tensor()) {
-                            grads.insert(v.as_tensor(), (g * (c / norm)).map_err(ModelError::candle)?);
+                let norm = sq.sqrt();
+                if let Some(c) = o.grad_clip {
+                    if norm > c {
+                        for g in gs.iter_mut().flatten() {
+                            *g = (&*g * (c / norm)).map_err(ModelError::candle)?;
                         }
                     }
                 }
+                state.step(&vars, &gs, lr, o.weight_decay).map_err(ModelError::candle)?;
+                info.loss = loss.to_scalar::<f32>().map_err(ModelError::candle)? as f64;
+                info.grad_norm = norm;
             }
-            opt.step(&grads).map_err(ModelError::candle)?;
-            let info = StepInfo { epoch, step, total_steps: total, loss: loss.to_scalar::<f32>().map_err(ModelError::candle)? as f64, lr, tokens: p.tokens.len(), grad_norm: norm };
             on_step(&info);
             log.push(info);
-            step += 1;
+            progress.step += 1;
+            progress.batch_in_epoch += 1;
+            if let Some(c) = &checkpoints {
+                if c.every > 0 && progress.step % c.every == 0 {
+                    save_checkpoint(model, &state, &progress, c.dir)?;
+                }
+            }
         }
         let val = if validation.is_empty() { None } else { Some(eval_loss(model, validation, bs)?) };
-        on_epoch(epoch, val);
+        if let Some(v) = val {
+            progress.val_losses.push(v);
+        }
+        on_epoch(progress.epoch, val);
+        progress.epoch += 1;
+        progress.batch_in_epoch = 0;
+        if let Some(c) = &checkpoints {
+            save_checkpoint(model, &state, &progress, c.dir)?;
+        }
     }
     model.training = false;
-    Ok(log)
+    Ok((log, progress))
 }
 
 /// Mean loss over examples (no update).

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Tensor, Var};
 use tunegate_model::gemma3::Config;
-use tunegate_model::lora::{pack, train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+use tunegate_model::lora::{load_checkpoint, pack, train, train_resumable, Checkpointing, LoraConfig, LoraModel, TrainExample, TrainOptions};
 use tunegate_model::{GgufFile, Tokenizer};
 
 fn example(tok: &Tokenizer, prompt: &str, answer: &str) -> TrainExample {
@@ -105,4 +105,32 @@ fn loss_falls_on_a_small_real_dataset() {
     let b = &t["base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight"];
     assert_eq!(a.dims(), &[8, 640]);
     assert_eq!(b.dims(), &[1024, 8]);
+}
+
+#[test]
+fn an_interrupted_run_resumed_from_its_checkpoint_ends_identical() {
+    let Some(path) = common::model_path() else { return };
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let data = [("charged twice", "billing"), ("app crashes", "technical"), ("cannot log in", "account"), ("parcel late", "shipping"), ("refund please", "billing"), ("screen frozen", "technical")];
+    let ex: Vec<TrainExample> = data.iter().map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}"))).collect();
+    let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.1, targets: vec!["q".into(), "v".into()] };
+    let o = TrainOptions { epochs: 2, batch_size: 2, learning_rate: 1e-3, warmup_steps: 1, seed: 5, ..Default::default() };
+    let load = || LoraModel::load(&path, Config::from_file(&path).unwrap(), lora.clone(), 5).unwrap();
+    let snapshot = |m: &LoraModel| m.adapters.values().flat_map(|(a, b)| [a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()]).collect::<Vec<_>>();
+    // Uninterrupted.
+    let mut full = load();
+    train(&mut full, &ex, &[], &o, &mut |_| {}, &mut |_, _| {}).unwrap();
+    // Stopped after 4 of 6 steps (mid-epoch 2), then resumed in a fresh model.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("checkpoint");
+    let mut first = load();
+    let stop = TrainOptions { max_steps: Some(4), ..o.clone() };
+    train_resumable(&mut first, &ex, &[], &stop, Some(Checkpointing { dir: &ck, every: 2 }), None, &mut |_| {}, &mut |_, _| {}).unwrap();
+    drop(first);
+    let mut resumed = load();
+    let state = load_checkpoint(&resumed, &ck).unwrap();
+    assert_eq!(state.1.step, 4);
+    let (log, _) = train_resumable(&mut resumed, &ex, &[], &o, Some(Checkpointing { dir: &ck, every: 2 }), Some(state), &mut |_| {}, &mut |_, _| {}).unwrap();
+    assert_eq!(log.len(), 2, "only the remaining steps ran");
+    assert_eq!(snapshot(&full), snapshot(&resumed), "the resumed adapter is bit-identical to the uninterrupted one");
 }

@@ -505,6 +505,11 @@ impl Store {
         self.sql(r).map(|_| ())
     }
 
+    pub fn set_tune_job_meta(&self, id: &str, meta: &Value) -> Result<()> {
+        let r = self.conn.execute("UPDATE tune_jobs SET meta = ?2, updated_at = ?3 WHERE id = ?1", params![id, meta.to_string(), now()]);
+        self.sql(r).map(|_| ())
+    }
+
     const JOB_COLS: &'static str = "id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta";
 
     fn job_from_row(r: &rusqlite::Row) -> rusqlite::Result<TuneJob> {

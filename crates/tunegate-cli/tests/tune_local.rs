@@ -1,0 +1,96 @@
+//! `tunegate tune` (local LoRA) as a user runs it: kill -9 in the middle of
+//! training, `--resume`, and the final adapter is the uninterrupted run's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn model_present() -> bool {
+    let home = std::env::var("TUNEGATE_HOME").map(|h| format!("{h}/models")).or_else(|_| std::env::var("XDG_CACHE_HOME").map(|x| format!("{x}/tunegate/models"))).unwrap_or_else(|_| format!("{}/.cache/tunegate/models", std::env::var("HOME").unwrap_or_default()));
+    let p = Path::new(&home).join("gemma-3-270m-q4_k_m.gguf");
+    if !p.is_file() {
+        eprintln!("SKIPPED: model file not found at {}; run scripts/fetch-model.sh", p.display());
+        return false;
+    }
+    true
+}
+
+fn task(dir: &Path) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let ex = ["charged twice", "app crashes", "cannot log in", "parcel late", "refund please", "screen frozen", "password reset"];
+    let labels = ["billing", "technical", "account", "shipping", "billing", "technical", "account"];
+    let lines: String = ex.iter().zip(labels).map(|(m, l)| format!("{{\"input\": \"{m}\", \"expected\": \"{l}\"}}\n")).collect();
+    std::fs::write(dir.join("data/examples.jsonl"), lines).unwrap();
+    std::fs::write(dir.join("data/eval.jsonl"), "{\"input\": \"where is my order from last month\", \"expected\": \"shipping\"}\n").unwrap();
+    std::fs::write(
+        dir.join("tunegate.yaml"),
+        "version: 1\ntask:\n  name: t\n  kind: classification\n  labels: [billing, technical, account, shipping]\nprompts:\n  - id: bare\n    template: \"Message: {{ input }}\\nTeam:\"\nproviders:\n  - id: echo\ndata:\n  eval: data/eval.jsonl\n  examples: data/examples.jsonl\ntune:\n  base: local:gemma-3-270m\n  prompt: bare\n  lora: { rank: 4, alpha: 8, dropout: 0.1 }\n  epochs: 2\n  batch_size: 2\n  checkpoint_every: 1\n  seed: 3\n",
+    )
+    .unwrap();
+}
+
+fn adapters(dir: &Path) -> Vec<PathBuf> {
+    let root = dir.join(".tunegate/adapters");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&root).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The tensors of a safetensors file, by name (the key order in the file may differ).
+fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let data = &b[8 + n..];
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let (s, e) = (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
+            (k.clone(), data[s..e].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_during_training_then_resume_gives_the_same_adapter() {
+    if !model_present() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_tunegate");
+    // The uninterrupted run.
+    let a = tempfile::tempdir().unwrap();
+    task(a.path());
+    let o = Command::new(bin).arg("tune").current_dir(a.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let full = tensors(&adapters(a.path())[0].join("adapter_model.safetensors"));
+    assert!(!full.is_empty());
+    // The same run, killed after its second checkpoint, then resumed.
+    let b = tempfile::tempdir().unwrap();
+    task(b.path());
+    let mut child = Command::new(bin).arg("tune").current_dir(b.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let step = adapters(b.path()).first().and_then(|d| std::fs::read_to_string(d.join("checkpoint/progress.json")).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["progress"]["step"].as_u64());
+        if step.unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "training made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "training ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!adapters(b.path())[0].join("adapter_model.safetensors").exists(), "killed before the end");
+    let o = Command::new(bin).args(["tune", "--resume"]).current_dir(b.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming job"), "{err}");
+    let resumed = tensors(&adapters(b.path())[0].join("adapter_model.safetensors"));
+    assert_eq!(full, resumed, "the resumed run's adapter differs from the uninterrupted run's");
+    let o = Command::new(bin).args(["tune", "--list"]).current_dir(b.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("succeeded"));
+}
