@@ -11,6 +11,7 @@ mod init;
 mod model;
 mod quickstart;
 mod serve;
+mod serve_ft;
 mod tune;
 mod output;
 mod progress;

@@ -40,17 +40,25 @@ pub struct ServeArgs {
     /// Requests in flight at once; more get HTTP 503.
     #[arg(long, default_value_t = 64)]
     pub max_concurrency: usize,
+    /// Where uploaded training files and fine-tuned adapters are kept
+    /// (default: the model cache's `serve/` directory).
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Largest training-file upload in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_upload: usize,
 }
 
-struct AppState {
-    engine: Arc<LocalEngine>,
-    model_id: String,
+pub struct AppState {
+    pub engine: Arc<LocalEngine>,
+    pub model_id: String,
     api_key: Option<String>,
     slots: Arc<Semaphore>,
     max_body: usize,
+    pub ft: Arc<crate::serve_ft::FtState>,
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"message": message.into(), "type": kind, "code": status.as_u16()}}))).into_response()
 }
 
@@ -62,12 +70,18 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     eprintln!("loading {} ...", path.display());
     let engine = LocalEngine::get(&path).context("loading the model")?;
     let model_id = if a.model.ends_with(".gguf") { path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default() } else { a.model.clone() };
-    let state = Arc::new(AppState { engine, model_id, api_key: a.api_key.clone(), slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))), max_body: a.max_body });
+    let state_dir = match a.state_dir.clone() {
+        Some(d) => d,
+        None => tunegate_model::default_model_dir()?.parent().map(|p| p.join("serve")).unwrap_or_else(|| std::path::PathBuf::from("tunegate-serve")),
+    };
+    let ft = Arc::new(crate::serve_ft::FtState::new(state_dir.clone(), path.clone()).with_context(|| format!("cannot use {}", state_dir.display()))?);
+    let state = Arc::new(AppState { engine, model_id, api_key: a.api_key.clone(), slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))), max_body: a.max_body, ft });
+    let max_upload = a.max_upload;
     let rt = crate::commands::runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
         eprintln!("serving {} on http://{}/v1 (OpenAI-compatible){}", state.model_id, listener.local_addr()?, if state.api_key.is_some() { ", bearer key required" } else { "" });
-        axum::serve(listener, router(state)).with_graceful_shutdown(async {
+        axum::serve(listener, router(state, max_upload)).with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
@@ -76,19 +90,27 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, max_upload: usize) -> Router {
+    use crate::serve_ft as ft;
     // Bodies are read as bytes and parsed here, so a malformed or oversized
     // body gets our JSON error rather than a framework default.
+    let files = Router::new().route("/v1/files", post(ft::upload)).layer(axum::extract::DefaultBodyLimit::max(max_upload)).with_state(state.clone());
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/fine_tuning/jobs", post(ft::create).get(ft::list))
+        .route("/v1/fine_tuning/jobs/{id}", get(ft::get))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(ft::events))
+        .route("/v1/fine_tuning/jobs/{id}/checkpoints", get(ft::checkpoints))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(ft::cancel))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions") })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .with_state(state)
+        .merge(files)
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(key) = &state.api_key else { return Ok(()) };
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the key's length is the only thing a timing attack could learn.
@@ -104,19 +126,27 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    axum::Json(json!({"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0, "owned_by": "tunegate"}]})).into_response()
+    let mut data = vec![json!({"id": state.model_id, "object": "model", "created": 0, "owned_by": "tunegate"})];
+    for name in state.ft.served.lock().unwrap().keys() {
+        data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": "tunegate", "parent": state.model_id}));
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// Parses a request body into the prompt text and sampling params.
-fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, tunegate_core::Params, bool), Response> {
+fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, tunegate_core::Params, bool, Option<std::path::PathBuf>), Response> {
     if body.len() > state.max_body {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("body over {} bytes", state.max_body)));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("body is not valid JSON: {e}")))?;
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid_request_error", m.to_string());
+    let mut adapter = None;
     if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
         if m != state.model_id {
-            return Err(error(StatusCode::NOT_FOUND, "model_not_found", format!("model `{m}` is not served here; GET /v1/models lists what is")));
+            match state.ft.served.lock().unwrap().get(m) {
+                Some(dir) => adapter = Some(dir.clone()),
+                None => return Err(error(StatusCode::NOT_FOUND, "model_not_found", format!("model `{m}` is not served here; GET /v1/models lists what is"))),
+            }
         }
     }
     let text = if chat {
@@ -167,7 +197,7 @@ fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, 
             return Err(bad("`temperature` must be within 0..2"));
         }
     }
-    Ok((text, params, v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false)))
+    Ok((text, params, v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false), adapter))
 }
 
 async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -182,19 +212,31 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let (text, params, stream) = match parse_request(&state, &body, chat) {
+    let (text, params, stream, adapter) = match parse_request(&state, &body, chat) {
         Ok(x) => x,
         Err(r) => return r,
+    };
+    // A fine-tuned model: the base with its adapter (loaded once, then shared).
+    let engine = match adapter {
+        None => state.engine.clone(),
+        Some(dir) => {
+            let p = state.ft.model_path.clone();
+            match tokio::task::spawn_blocking(move || LocalEngine::get_with(&p, Some(&dir))).await {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+            }
+        }
     };
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly");
     };
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_id());
     let created = chrono::Utc::now().timestamp();
-    let model = state.model_id.clone();
+    let model = v_model(&state, &body);
     let gp = gen_params(&params);
     if !stream {
-        let res = state.engine.complete(&text, gp, None, None).await;
+        let res = engine.complete(&text, gp, None, None).await;
         drop(permit);
         return match res {
             Ok(c) => {
@@ -217,7 +259,6 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
     // client disconnects, the body stream is dropped, the delta channel
     // closes and the model stops that sequence.
     let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let engine = state.engine.clone();
     let done = tokio::spawn(async move {
         let r = engine.complete(&text, gp, None, Some(dtx)).await;
         drop(permit);
@@ -260,6 +301,11 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
         .header("cache-control", "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot build the stream"))
+}
+
+/// The model name to report: the one asked for, else the base.
+fn v_model(state: &AppState, body: &Bytes) -> String {
+    serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_else(|| state.model_id.clone())
 }
 
 fn rand_id() -> u64 {

@@ -261,7 +261,6 @@ pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, s
     let examples_path = task.examples_path().ok_or_else(|| tunegate_core::InputError::new(&task.path, "fine-tuning trains on data.examples, which is not set").field("data.examples"))?;
     let g = tunegate_model::GgufFile::open(&model_path)?;
     let tok = tunegate_model::Tokenizer::from_gguf(&g)?;
-    let eos = tok.eos_id().unwrap_or(1);
     let max_len = tune.max_seq_len.unwrap_or(512);
     let mut skipped = 0;
     let mut encode_file = |p: &std::path::Path| -> Result<Vec<TrainExample>> {
@@ -271,21 +270,12 @@ pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, s
             let prompt: Vec<tunegate_core::Message> = e.messages.iter().filter(|m| m.role != "assistant").cloned().collect();
             let prompt = tunegate_core::template::flatten_messages(&prompt);
             let answer = e.messages.iter().find(|m| m.role == "assistant").map(|m| m.content.clone()).unwrap_or_default();
-            // The tuned model continues the prompt as the provider sends it:
-            // after a space when the prompt does not end in whitespace.
-            let sep = if prompt.ends_with(char::is_whitespace) || answer.starts_with(char::is_whitespace) { "" } else { " " };
-            let p_ids = tok.encode(&prompt, true, false);
-            let mut ids = tok.encode(&format!("{prompt}{sep}{answer}"), true, false);
-            if ids.len() < p_ids.len() || ids[..p_ids.len()] != p_ids[..] {
-                ids = p_ids.clone();
-                ids.extend(tok.encode(&format!("{sep}{answer}"), false, false));
-            }
-            ids.push(eos);
-            if ids.len() > max_len {
+            let ex = TrainExample::from_text(&tok, &prompt, &answer);
+            if ex.tokens.len() > max_len {
                 skipped += 1;
                 continue;
             }
-            out.push(TrainExample { loss_from: p_ids.len(), tokens: ids });
+            out.push(ex);
         }
         Ok(out)
     };
@@ -327,6 +317,7 @@ pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, s
         grad_clip: Some(tune.grad_clip.unwrap_or(1.0)),
         seed,
         max_steps: None,
+        stop: None,
     };
     if show {
         eprintln!(

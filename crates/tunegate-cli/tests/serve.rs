@@ -142,3 +142,45 @@ fn openai_compatible_provider_evaluates_against_serve() {
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert!(v["results"][0]["completion_tokens"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn fine_tuning_endpoints_train_and_serve_the_tuned_model() {
+    if !model_present() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let srv = start(&["--api-key", "ft-key", "--state-dir", state.path().to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let ex = ["charged twice", "app crashes", "cannot log in", "parcel late", "refund please", "screen frozen", "password reset"];
+    let labels = ["billing", "technical", "account", "shipping", "billing", "technical", "account"];
+    let lines: String = ex.iter().zip(labels).map(|(m, l)| format!("{{\"input\": \"{m}\", \"expected\": \"{l}\"}}\n")).collect();
+    std::fs::write(dir.path().join("data/examples.jsonl"), lines).unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), "{\"input\": \"my order never came\", \"expected\": \"shipping\"}\n").unwrap();
+    let yaml = format!(
+        "version: 1\ntask:\n  name: t\n  kind: classification\n  labels: [billing, technical, account, shipping]\nprompts:\n  - id: bare\n    template: \"Message: {{{{ input }}}}\\nTeam:\"\nproviders:\n  - id: tuned:latest\n    params: {{ max_tokens: 4, stop: [\"\\n\"] }}\ndata:\n  eval: data/eval.jsonl\n  examples: data/examples.jsonl\ntune:\n  base: openai-compatible:gemma-3-270m\n  prompt: bare\n  backend: remote\n  base_url: http://127.0.0.1:{}/v1\n  api_key_env: FT_KEY\n  epochs: 1\n  batch_size: 4\n",
+        srv.port
+    );
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["tune", "--poll-interval", "0.5"]).current_dir(dir.path()).env("FT_KEY", "ft-key").output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("succeeded") && err.contains("training loss"), "{err}");
+    let model = out.lines().find_map(|l| l.strip_prefix("fine-tuned model: ")).unwrap().trim().to_string();
+    assert!(model.starts_with("ft:gemma-3-270m:"), "{model}");
+    // Served by name, listed in /v1/models.
+    let (st, body) = http(srv.port, "GET", "/v1/models", Some("ft-key"), "");
+    assert_eq!(st, 200);
+    assert!(body.contains(&model), "{body}");
+    let (st, body) = http(srv.port, "POST", "/v1/chat/completions", Some("ft-key"), &format!(r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Message: parcel late\nTeam:"}}], "max_tokens": 3}}"#));
+    assert_eq!(st, 200, "{body}");
+    // And the eval picks it up through the store: tuned:JOB (by model name here).
+    let yaml = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap().replace("tuned:latest", &format!("tuned:{model}"));
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["eval", "--no-progress", "--format", "json"]).current_dir(dir.path()).env("FT_KEY", "ft-key").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(v["summary"]["errors"], 0, "{v}");
+    // Unknown jobs and bad uploads get JSON errors.
+    assert_eq!(http(srv.port, "GET", "/v1/fine_tuning/jobs/nope", Some("ft-key"), "").0, 404);
+    assert_eq!(http(srv.port, "POST", "/v1/fine_tuning/jobs", Some("ft-key"), r#"{"model": "gemma-3-270m", "training_file": "file-none"}"#).0, 400);
+}

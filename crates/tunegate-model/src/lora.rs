@@ -123,6 +123,23 @@ pub struct TrainExample {
     pub loss_from: usize,
 }
 
+impl TrainExample {
+    /// `prompt` then `answer` then end-of-sequence, the loss on the answer
+    /// and the end. The answer follows a space unless one side already has
+    /// whitespace there, which is how the local provider's prompts end.
+    pub fn from_text(tok: &crate::Tokenizer, prompt: &str, answer: &str) -> TrainExample {
+        let sep = if prompt.ends_with(char::is_whitespace) || answer.starts_with(char::is_whitespace) { "" } else { " " };
+        let p = tok.encode(prompt, true, false);
+        let mut ids = tok.encode(&format!("{prompt}{sep}{answer}"), true, false);
+        if ids.len() < p.len() || ids[..p.len()] != p[..] {
+            ids = p.clone();
+            ids.extend(tok.encode(&format!("{sep}{answer}"), false, false));
+        }
+        ids.push(tok.eos_id().unwrap_or(1));
+        TrainExample { loss_from: p.len(), tokens: ids }
+    }
+}
+
 pub fn pack(examples: &[&TrainExample]) -> Packed {
     let mut p = Packed { tokens: vec![], positions: vec![], seq: vec![], targets: vec![] };
     for (si, e) in examples.iter().enumerate() {
@@ -347,11 +364,13 @@ pub struct TrainOptions {
     /// Stop after this many optimizer steps in all (the schedule still
     /// spans every epoch, so a later resume continues the same run).
     pub max_steps: Option<usize>,
+    /// Set from another thread to stop after the current step (cancel).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0, max_steps: None }
+        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0, max_steps: None, stop: None }
     }
 }
 
@@ -523,7 +542,8 @@ pub fn train_resumable(
         let order = epoch_order(examples.len(), o.seed, progress.epoch);
         let batches: Vec<&[usize]> = order.chunks(bs).collect();
         while progress.batch_in_epoch < batches.len() {
-            if o.max_steps.map(|m| progress.step >= m).unwrap_or(false) {
+            let cancelled = o.stop.as_ref().map(|s| s.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(false);
+            if cancelled || o.max_steps.map(|m| progress.step >= m).unwrap_or(false) {
                 if let Some(c) = &checkpoints {
                     save_checkpoint(model, &state, &progress, c.dir)?;
                 }

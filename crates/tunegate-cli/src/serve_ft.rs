@@ -1,0 +1,290 @@
+//! `tunegate serve`'s OpenAI-compatible fine-tuning endpoints, backed by the
+//! local LoRA trainer: POST /v1/files (purpose fine-tune), POST/GET
+//! /v1/fine_tuning/jobs, GET .../{id}, .../{id}/events, .../{id}/checkpoints,
+//! POST .../{id}/cancel. A finished job's model is served by name at
+//! /v1/chat/completions. Files and adapters live under the state directory;
+//! job records are kept in memory for the server's lifetime.
+
+use axum::extract::{Multipart, Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tunegate_core::data::export::{validate, ExportFormat};
+use tunegate_model::lora::{train_resumable, Checkpointing, LoraConfig, LoraModel, TrainExample, TrainOptions};
+
+use super::serve::{authorize, error, AppState};
+
+pub struct FtState {
+    pub dir: PathBuf,
+    pub model_path: PathBuf,
+    counter: AtomicU64,
+    files: Mutex<HashMap<String, (PathBuf, String, u64)>>,
+    jobs: Mutex<Vec<Arc<Job>>>,
+    /// Fine-tuned model name -> adapter directory.
+    pub served: Mutex<HashMap<String, PathBuf>>,
+}
+
+struct Job {
+    id: String,
+    model: String,
+    training_file: String,
+    created_at: i64,
+    hyper: Value,
+    status: Mutex<String>,
+    fine_tuned_model: Mutex<Option<String>>,
+    error: Mutex<Option<String>>,
+    events: Mutex<Vec<Value>>,
+    checkpoints: Mutex<Vec<Value>>,
+    trained_tokens: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Job {
+    fn json(&self) -> Value {
+        let err = self.error.lock().unwrap().clone();
+        json!({
+            "id": self.id, "object": "fine_tuning.job", "model": self.model, "created_at": self.created_at,
+            "status": *self.status.lock().unwrap(), "fine_tuned_model": *self.fine_tuned_model.lock().unwrap(),
+            "training_file": self.training_file, "hyperparameters": self.hyper,
+            "trained_tokens": self.trained_tokens.load(Ordering::Relaxed),
+            "error": err.map(|m| json!({"message": m, "code": "training_failed"})),
+        })
+    }
+    fn event(&self, level: &str, message: String, data: Value) {
+        let mut ev = self.events.lock().unwrap();
+        let n = ev.len();
+        ev.push(json!({"id": format!("ftevent-{}-{n}", self.id), "object": "fine_tuning.job.event", "created_at": chrono::Utc::now().timestamp(), "level": level, "message": message, "data": data}));
+    }
+}
+
+impl FtState {
+    pub fn new(dir: PathBuf, model_path: PathBuf) -> std::io::Result<FtState> {
+        std::fs::create_dir_all(dir.join("files"))?;
+        std::fs::create_dir_all(dir.join("adapters"))?;
+        // Adapters trained earlier stay servable across restarts.
+        let mut served = HashMap::new();
+        for e in std::fs::read_dir(dir.join("adapters"))?.flatten() {
+            if let Ok(name) = std::fs::read_to_string(e.path().join("model_name")) {
+                served.insert(name.trim().to_string(), e.path());
+            }
+        }
+        Ok(FtState { dir, model_path, counter: AtomicU64::new(chrono::Utc::now().timestamp_millis() as u64), files: Mutex::new(HashMap::new()), jobs: Mutex::new(vec![]), served: Mutex::new(served) })
+    }
+    fn next(&self, prefix: &str) -> String {
+        format!("{prefix}-{:x}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+    fn job(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().unwrap().iter().find(|j| j.id == id).cloned()
+    }
+}
+
+fn bad(m: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", m)
+}
+
+pub async fn upload(State(state): State<Arc<AppState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let ft = &state.ft;
+    let (mut purpose, mut file) = (None, None);
+    loop {
+        match mp.next_field().await {
+            Ok(Some(f)) => {
+                let name = f.name().unwrap_or("").to_string();
+                let filename = f.file_name().unwrap_or("upload.jsonl").to_string();
+                match f.bytes().await {
+                    Ok(b) if name == "purpose" => purpose = Some(String::from_utf8_lossy(&b).to_string()),
+                    Ok(b) if name == "file" => file = Some((filename, b)),
+                    Ok(_) => {}
+                    Err(e) => return bad(format!("cannot read the upload: {e}")),
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return bad(format!("malformed multipart body: {e}")),
+        }
+    }
+    if purpose.as_deref() != Some("fine-tune") {
+        return bad("`purpose` must be `fine-tune`");
+    }
+    let Some((filename, bytes)) = file else { return bad("no `file` part") };
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let v = validate(ExportFormat::OpenaiChat, &text, &tunegate_core::data::CharEstimate, 65_536);
+    if let Some(p) = v.problems.first() {
+        return bad(format!("{filename}: example {} fails `{}`: {}", p.line, p.check, p.message));
+    }
+    let id = ft.next("file");
+    let path = ft.dir.join("files").join(format!("{id}.jsonl"));
+    if let Err(e) = std::fs::write(&path, &bytes) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("cannot store the file: {e}"));
+    }
+    ft.files.lock().unwrap().insert(id.clone(), (path, filename.clone(), bytes.len() as u64));
+    axum::Json(json!({"id": id, "object": "file", "bytes": bytes.len(), "created_at": chrono::Utc::now().timestamp(), "filename": filename, "purpose": "fine-tune"})).into_response()
+}
+
+pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let ft = state.ft.clone();
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad(format!("body is not valid JSON: {e}")),
+    };
+    let model = v["model"].as_str().unwrap_or("").to_string();
+    if model != state.model_id {
+        return error(StatusCode::NOT_FOUND, "model_not_found", format!("this server fine-tunes `{}`, not `{model}`", state.model_id));
+    }
+    let Some(tf) = v["training_file"].as_str() else { return bad("`training_file` is required") };
+    let Some((path, _, _)) = ft.files.lock().unwrap().get(tf).cloned() else { return bad(format!("no file `{tf}`")) };
+    let hyper = v.get("hyperparameters").cloned().unwrap_or(json!({}));
+    let suffix = v["suffix"].as_str().unwrap_or("tunegate").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect::<String>();
+    let job = Arc::new(Job {
+        id: ft.next("ftjob"),
+        model,
+        training_file: tf.to_string(),
+        created_at: chrono::Utc::now().timestamp(),
+        hyper: hyper.clone(),
+        status: Mutex::new("queued".into()),
+        fine_tuned_model: Mutex::new(None),
+        error: Mutex::new(None),
+        events: Mutex::new(vec![]),
+        checkpoints: Mutex::new(vec![]),
+        trained_tokens: AtomicU64::new(0),
+        stop: Arc::new(AtomicBool::new(false)),
+    });
+    ft.jobs.lock().unwrap().push(job.clone());
+    job.event("info", format!("Created fine-tuning job {}", job.id), json!({}));
+    let engine = state.engine.clone();
+    let j = job.clone();
+    let base = state.model_id.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = run_job(&ft, &engine.model.tokenizer, &j, &path, &hyper, &base, &suffix) {
+            *j.status.lock().unwrap() = "failed".into();
+            *j.error.lock().unwrap() = Some(e.clone());
+            j.event("error", format!("Training failed: {e}"), json!({}));
+        }
+    });
+    axum::Json(job.json()).into_response()
+}
+
+fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std::path::Path, hyper: &Value, base: &str, suffix: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut examples = vec![];
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+        let answer = msgs.iter().rev().find(|m| m["role"] == "assistant").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+        let prompt: Vec<tunegate_core::Message> = msgs
+            .iter()
+            .take_while(|m| m["role"] != "assistant")
+            .map(|m| tunegate_core::Message::new(m["role"].as_str().unwrap_or("user"), m["content"].as_str().unwrap_or("")))
+            .collect();
+        examples.push(TrainExample::from_text(tok, &tunegate_core::template::flatten_messages(&prompt), &answer));
+    }
+    *job.status.lock().unwrap() = "running".into();
+    job.event("info", format!("Training started on {} examples", examples.len()), json!({}));
+    let n = |k: &str| hyper.get(k).and_then(|x| x.as_f64());
+    let opts = TrainOptions {
+        epochs: n("n_epochs").map(|e| e as usize).unwrap_or(3).max(1),
+        batch_size: n("batch_size").map(|b| b as usize).unwrap_or(8).max(1),
+        learning_rate: 1e-3 * n("learning_rate_multiplier").unwrap_or(1.0),
+        warmup_steps: 2,
+        stop: Some(job.stop.clone()),
+        ..Default::default()
+    };
+    let cfg = tunegate_model::gemma3::Config::from_file(&ft.model_path).map_err(|e| e.to_string())?;
+    let mut model = LoraModel::load(&ft.model_path, cfg, LoraConfig::default(), opts.seed).map_err(|e| e.to_string())?;
+    let dir = ft.dir.join("adapters").join(&job.id);
+    let ck = dir.join("checkpoint");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let total = examples.len().div_ceil(opts.batch_size) * opts.epochs;
+    let (_, progress) = train_resumable(
+        &mut model,
+        &examples,
+        &[],
+        &opts,
+        Some(Checkpointing { dir: &ck, every: 10 }),
+        None,
+        &mut |s| {
+            job.trained_tokens.fetch_add(s.tokens as u64, Ordering::Relaxed);
+            job.event("info", format!("Step {}/{total}: training loss={:.4}", s.step + 1, s.loss), json!({"step": s.step + 1, "train_loss": s.loss}));
+        },
+        &mut |epoch, _| {
+            let n = job.checkpoints.lock().unwrap().len();
+            job.checkpoints.lock().unwrap().push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": (epoch + 1) * examples.len().div_ceil(opts.batch_size), "created_at": chrono::Utc::now().timestamp()}));
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if job.stop.load(Ordering::Relaxed) {
+        job.event("info", format!("Job cancelled at step {}", progress.step), json!({}));
+        return Ok(());
+    }
+    model.save_peft(&dir, "google/gemma-3-270m").map_err(|e| e.to_string())?;
+    let name = format!("ft:{base}:{suffix}:{}", job.id);
+    std::fs::write(dir.join("model_name"), &name).map_err(|e| e.to_string())?;
+    ft.served.lock().unwrap().insert(name.clone(), dir);
+    *job.fine_tuned_model.lock().unwrap() = Some(name.clone());
+    *job.status.lock().unwrap() = "succeeded".into();
+    job.event("info", format!("The job has successfully completed; model {name}"), json!({}));
+    Ok(())
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let jobs: Vec<Value> = state.ft.jobs.lock().unwrap().iter().rev().map(|j| j.json()).collect();
+    axum::Json(json!({"object": "list", "data": jobs, "has_more": false})).into_response()
+}
+
+pub async fn get(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    match state.ft.job(&id) {
+        Some(j) => axum::Json(j.json()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
+    }
+}
+
+pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    match state.ft.job(&id) {
+        // Newest first, as the API lists them.
+        Some(j) => axum::Json(json!({"object": "list", "data": j.events.lock().unwrap().iter().rev().take(100).cloned().collect::<Vec<_>>(), "has_more": false})).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
+    }
+}
+
+pub async fn checkpoints(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    match state.ft.job(&id) {
+        Some(j) => axum::Json(json!({"object": "list", "data": j.checkpoints.lock().unwrap().clone(), "has_more": false})).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
+    }
+}
+
+pub async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let Some(j) = state.ft.job(&id) else { return error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")) };
+    {
+        let mut st = j.status.lock().unwrap();
+        if matches!(st.as_str(), "succeeded" | "failed" | "cancelled") {
+            return bad(format!("job `{id}` has already ended ({st})"));
+        }
+        j.stop.store(true, Ordering::Relaxed);
+        *st = "cancelled".into();
+    }
+    axum::Json(j.json()).into_response()
+}
