@@ -318,6 +318,7 @@ pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, s
         seed,
         max_steps: None,
         stop: None,
+        early_stopping_patience: tune.early_stopping_patience.map(|p| p as usize),
     };
     if show {
         eprintln!(
@@ -408,7 +409,7 @@ pub fn local_tune_resumable(task: &Task, tune: &tunegate_core::task::TuneSpec, s
     store.update_tune_job(&job_id, "succeeded", Some(&format!("{}+adapter:{}", tune.base, dir.display())))?;
     store.set_tune_job_meta(
         &job_id,
-        &json!({"steps": progress.step, "final_loss": final_loss, "validation_losses": val_losses, "train_seconds": train_s, "tokens_per_second": tokens as f64 / train_s,
+        &json!({"steps": progress.step, "final_loss": final_loss, "validation_losses": val_losses, "best_epoch": progress.best_epoch, "train_seconds": train_s, "tokens_per_second": tokens as f64 / train_s,
                 "epochs": epochs, "batch_size": batch, "learning_rate": opts.learning_rate, "seed": seed, "lora": model.lora_cfg, "adapter": dir}),
     )?;
     if show {

@@ -366,11 +366,14 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Set from another thread to stop after the current step (cancel).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Stop when the validation loss has not improved for this many
+    /// epochs; the adapters end at the best epoch either way.
+    pub early_stopping_patience: Option<usize>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0, max_steps: None, stop: None }
+        TrainOptions { epochs: 3, batch_size: 8, learning_rate: 2e-4, warmup_steps: 5, schedule: "cosine".into(), weight_decay: 0.0, grad_clip: Some(1.0), seed: 0, max_steps: None, stop: None, early_stopping_patience: None }
     }
 }
 
@@ -438,6 +441,9 @@ pub struct Progress {
     /// Batches of `epoch` already done.
     pub batch_in_epoch: usize,
     pub val_losses: Vec<f64>,
+    /// The epoch (1-based) whose validation loss was best so far, if any.
+    #[serde(default)]
+    pub best_epoch: Option<usize>,
 }
 
 /// Writes adapters, optimizer state and progress to `dir`, atomically (a
@@ -482,6 +488,34 @@ pub fn load_checkpoint(model: &LoraModel, dir: &Path) -> Result<(AdamState, Prog
         v.push(get(&format!("{li}.{name}.vB"))?);
     }
     Ok((AdamState { m, v, t: meta["adam_t"].as_u64().unwrap_or(0) as usize }, progress))
+}
+
+/// Beside the checkpoint directory, which is replaced at every checkpoint.
+fn best_path(checkpoint_dir: &Path) -> std::path::PathBuf {
+    checkpoint_dir.with_file_name("best-epoch.safetensors")
+}
+
+fn snapshot(model: &LoraModel) -> Result<Vec<Tensor>, ModelError> {
+    model.vars().iter().map(|v| v.as_tensor().copy().map_err(ModelError::candle)).collect()
+}
+
+fn restore(model: &LoraModel, snap: &[Tensor]) -> Result<(), ModelError> {
+    for (v, t) in model.vars().iter().zip(snap) {
+        v.set(t).map_err(ModelError::candle)?;
+    }
+    Ok(())
+}
+
+fn save_snapshot(snap: &[Tensor], path: &Path) -> Result<(), ModelError> {
+    let map: HashMap<String, Tensor> = snap.iter().enumerate().map(|(i, t)| (format!("{i}"), t.clone())).collect();
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&map, &tmp).map_err(ModelError::candle)?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::Io(path.to_path_buf(), e))
+}
+
+fn load_snapshot(path: &Path) -> Result<Vec<Tensor>, ModelError> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(ModelError::candle)?;
+    (0..t.len()).map(|i| t.get(&format!("{i}")).cloned().ok_or_else(|| ModelError::Format(format!("{} is incomplete", path.display())))).collect()
 }
 
 /// Checkpointing: every `every` steps into `dir`.
@@ -532,9 +566,17 @@ pub fn train_resumable(
     let bs = o.batch_size.max(1);
     let steps_per_epoch = examples.len().div_ceil(bs);
     let total = steps_per_epoch * o.epochs;
+    let mut best_local: Option<Vec<Tensor>> = None;
+    let best_snapshot = &mut best_local;
+    // A resumed run's best adapters come back from its checkpoint.
+    if let (Some(c), Some((_, p))) = (&checkpoints, &resume) {
+        if p.best_epoch.is_some() {
+            *best_snapshot = load_snapshot(&best_path(c.dir)).ok();
+        }
+    }
     let (mut state, mut progress) = match resume {
         Some(r) => r,
-        None => (AdamState::new(&vars).map_err(ModelError::candle)?, Progress { step: 0, epoch: 0, batch_in_epoch: 0, val_losses: vec![] }),
+        None => (AdamState::new(&vars).map_err(ModelError::candle)?, Progress { step: 0, epoch: 0, batch_in_epoch: 0, val_losses: vec![], best_epoch: None }),
     };
     let mut log = vec![];
     while progress.epoch < o.epochs {
@@ -588,14 +630,34 @@ pub fn train_resumable(
             }
         }
         let val = if validation.is_empty() { None } else { Some(eval_loss(model, validation, bs)?) };
+        let mut stop_early = false;
         if let Some(v) = val {
+            let best = progress.best_epoch.map(|e| progress.val_losses[e - 1]).unwrap_or(f64::INFINITY);
             progress.val_losses.push(v);
+            if v < best {
+                progress.best_epoch = Some(progress.val_losses.len());
+                *best_snapshot = Some(snapshot(model)?);
+            } else if let (Some(p), Some(b)) = (o.early_stopping_patience, progress.best_epoch) {
+                stop_early = progress.val_losses.len() - b >= p;
+            }
         }
         on_epoch(progress.epoch, val);
         progress.epoch += 1;
         progress.batch_in_epoch = 0;
         if let Some(c) = &checkpoints {
             save_checkpoint(model, &state, &progress, c.dir)?;
+            if let Some(b) = best_snapshot.as_ref() {
+                save_snapshot(b, &best_path(c.dir))?;
+            }
+        }
+        if stop_early {
+            break;
+        }
+    }
+    // The adapters end at the best validated epoch.
+    if let (Some(b), Some(e)) = (best_snapshot.as_ref(), progress.best_epoch) {
+        if e < progress.val_losses.len() {
+            restore(model, b)?;
         }
     }
     model.training = false;

@@ -132,5 +132,11 @@ fn an_interrupted_run_resumed_from_its_checkpoint_ends_identical() {
     assert_eq!(state.1.step, 4);
     let (log, _) = train_resumable(&mut resumed, &ex, &[], &o, Some(Checkpointing { dir: &ck, every: 2 }), Some(state), &mut |_| {}, &mut |_, _| {}).unwrap();
     assert_eq!(log.len(), 2, "only the remaining steps ran");
+    // With a validation set, the best epoch is tracked and kept.
+    let mut v = load();
+    let (_, progress) = train_resumable(&mut v, &ex[..4], &ex[4..], &TrainOptions { epochs: 2, ..o.clone() }, None, None, &mut |_| {}, &mut |_, _| {}).unwrap();
+    assert_eq!(progress.val_losses.len(), 2);
+    let best = progress.best_epoch.unwrap();
+    assert!(progress.val_losses[best - 1] <= progress.val_losses.iter().cloned().fold(f64::INFINITY, f64::min));
     assert_eq!(snapshot(&full), snapshot(&resumed), "the resumed adapter is bit-identical to the uninterrupted one");
 }
