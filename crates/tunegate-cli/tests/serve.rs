@@ -2,20 +2,14 @@
 //! 127.0.0.1 with the real model, raw sockets for the abuse cases, and the
 //! openai-compatible provider running an eval against it.
 
+mod common;
+use common::model_present;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn model_present() -> bool {
-    let home = std::env::var("TUNEGATE_HOME").map(|h| format!("{h}/models")).or_else(|_| std::env::var("XDG_CACHE_HOME").map(|x| format!("{x}/tunegate/models"))).unwrap_or_else(|_| format!("{}/.cache/tunegate/models", std::env::var("HOME").unwrap_or_default()));
-    let p = std::path::Path::new(&home).join("gemma-3-270m-q4_k_m.gguf");
-    if !p.is_file() {
-        eprintln!("SKIPPED: model file not found at {}; run scripts/fetch-model.sh", p.display());
-        return false;
-    }
-    true
-}
 
 struct Server {
     child: Child,

@@ -1,20 +1,14 @@
 //! `tunegate tune` (local LoRA) as a user runs it: kill -9 in the middle of
 //! training, `--resume`, and the final adapter is the uninterrupted run's.
 
+mod common;
+use common::model_present;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn model_present() -> bool {
-    let home = std::env::var("TUNEGATE_HOME").map(|h| format!("{h}/models")).or_else(|_| std::env::var("XDG_CACHE_HOME").map(|x| format!("{x}/tunegate/models"))).unwrap_or_else(|_| format!("{}/.cache/tunegate/models", std::env::var("HOME").unwrap_or_default()));
-    let p = Path::new(&home).join("gemma-3-270m-q4_k_m.gguf");
-    if !p.is_file() {
-        eprintln!("SKIPPED: model file not found at {}; run scripts/fetch-model.sh", p.display());
-        return false;
-    }
-    true
-}
 
 fn task(dir: &Path) {
     std::fs::create_dir_all(dir.join("data")).unwrap();
