@@ -14,6 +14,7 @@ mod serve;
 mod serve_ft;
 mod tune;
 mod output;
+mod prompt;
 mod progress;
 mod tokens;
 
@@ -70,6 +71,9 @@ enum Command {
     /// Fine-tuning data: check (duplicates, conflicts, leakage), split, export.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Prompt lab: minimize a prompt, sweep few-shot examples, measure fragility.
+    #[command(subcommand)]
+    Prompt(prompt::PromptCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Advise(a) => advise::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Data(d) => data::run(d),
+        Command::Prompt(p) => prompt::run(p),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),

@@ -478,8 +478,74 @@ pub struct Evidence {
     pub run: Option<RunEvidence>,
     pub prices: Vec<ProviderPrice>,
     pub churn: ChurnEvidence,
+    /// The latest prompt-lab results stored for the task.
+    pub lab: LabEvidence,
     /// What the CLI could not gather, and why.
     pub notes: Vec<String>,
+}
+
+/// `tunegate prompt minimize | sweep | vary` results, as stored with their runs.
+#[derive(Debug, Clone, Default)]
+pub struct LabEvidence {
+    pub minimize: Option<crate::lab::MinimizeReport>,
+    pub sweep: Option<crate::lab::SweepReport>,
+    pub vary: Option<crate::lab::VaryReport>,
+}
+
+/// One line on a learning curve: its ends, its gain and its shape.
+pub fn sweep_summary(sw: &crate::lab::SweepReport) -> String {
+    let (Some(first), Some(last)) = (sw.points.first(), sw.points.last()) else { return "no point measured".into() };
+    format!(
+        "few-shot curve of `{}`@{} (prompt sweep, run {}): k={} {} -> k={} {}, best gain {} (p {}), {}",
+        sw.prompt,
+        sw.provider,
+        sw.run_id,
+        first.shown,
+        pct(first.pooled.mean),
+        last.shown,
+        pct(last.pooled.mean),
+        pts(sw.gain),
+        crate::paired::fmt_p(sw.gain_p),
+        sw.shape.as_str()
+    )
+}
+
+/// One line on a minimization: the smallest prompt and what it saves.
+pub fn minimize_summary(m: &crate::lab::MinimizeReport) -> String {
+    if m.best_dropped.is_empty() {
+        return format!("prompt minimize (run {}): no part of `{}` can be dropped without a significant loss on {}", m.run_id, m.prompt, m.provider);
+    }
+    let save = m.monthly_saving_usd.map(|u| format!(", {}/month saved", usd(u))).unwrap_or_default();
+    format!(
+        "prompt minimize (run {}): `{}` works on {} at {} tokens instead of {} ({} shorter, {} vs {}, not significantly worse){save}{}",
+        m.run_id,
+        m.prompt,
+        m.provider,
+        int(m.best_tokens),
+        int(m.full_tokens),
+        pct(m.token_saving),
+        pct(m.best.rate),
+        pct(m.full.rate),
+        m.written_as.as_ref().map(|w| format!("; written as `{w}`")).unwrap_or_default()
+    )
+}
+
+/// One line on a fragility measurement.
+pub fn vary_summary(v: &crate::lab::VaryReport) -> String {
+    let worst = v.family_range.iter().max_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(f, r)| format!("; most fragile to {f} ({})", pts(*r))).unwrap_or_default();
+    format!(
+        "prompt vary (run {}): {} variants of `{}`@{}: {}–{} (range {}, sd {}), {} of {} cases flip{worst}",
+        v.run_id,
+        v.variants.len(),
+        v.prompt,
+        v.provider,
+        pct(v.min),
+        pct(v.max),
+        pts(v.range),
+        pts(v.sd),
+        v.flipping_cases,
+        v.cases
+    )
 }
 
 // -------------------------------------------------------------------- advice
@@ -1075,6 +1141,9 @@ fn short_prompt(ev: &Evidence) -> Option<String> {
     if let Some(p) = &ev.task.tune_prompt {
         return Some(p.clone());
     }
+    if let Some(w) = ev.lab.minimize.as_ref().and_then(|m| m.written_as.clone()) {
+        return Some(w);
+    }
     ev.anatomy
         .iter()
         .filter(|a| a.few_shot == 0 && a.reference_facts == 0)
@@ -1193,6 +1262,18 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                 (true, Side::Tuning, Confidence::High, format!("{base}; at or above the typical {}-100", th.get("typical_examples")))
             }
         };
+        let (side, conf, evidence) = match &ev.lab.sweep {
+            None => (side, conf, format!("{evidence}; few-shot curve not measured (`tunegate prompt sweep`)")),
+            Some(sw) => {
+                let line = sweep_summary(sw);
+                match sw.shape {
+                    crate::lab::CurveShape::Rising if side == Side::Tuning => (Side::Tuning, Confidence::High, format!("{evidence}; {line}: still rising, the behaviour is learnable from examples")),
+                    crate::lab::CurveShape::Rising => (side, conf, format!("{evidence}; {line}: still rising, so more examples should pay")),
+                    crate::lab::CurveShape::Flat => (Side::Prompting, Confidence::Medium, format!("{evidence}; {line}: examples are not the lever")),
+                    _ => (side, conf, format!("{evidence}; {line}")),
+                }
+            }
+        };
         table.push(DecisionRow { row: "Data".into(), measured, evidence, points_to: side, confidence: conf });
     }
     let format_share = failures.as_ref().filter(|f| f.failures > 0).map(|f| f.format as f64 / f.failures as f64);
@@ -1236,7 +1317,8 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     }
     let facts_prompt = ev.anatomy.iter().filter(|a| a.total as f64 >= long && a.reference_facts as f64 >= th.get("facts_share") * a.total as f64).max_by_key(|a| a.reference_facts);
     let shots_prompt = ev.anatomy.iter().filter(|a| a.total as f64 >= long && a.few_shot as f64 >= th.get("few_shot_share") * a.total as f64).max_by_key(|a| a.few_shot);
-    let fragile = frag.variant_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false) || frag.repeat_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false);
+    let lab_fragile = ev.lab.vary.as_ref().map(|v| v.range > th.get("fragile_spread")).unwrap_or(false);
+    let fragile = frag.variant_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false) || frag.repeat_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false) || lab_fragile;
     let best_cost = best.and_then(|b| cost.lines.iter().find(|l| l.prompt == b.prompt && l.provider == b.provider)).and_then(|l| l.monthly_usd);
     let expensive = best_cost.map(|c| c >= th.get("expensive_monthly_usd")).unwrap_or(false);
     let pays_back = cost.tuned.as_ref().and_then(|t| t.break_even_months).map(|m| m <= th.get("max_break_even_months")).unwrap_or(false);
@@ -1262,6 +1344,9 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                 if let Some(s) = frag.repeat_spread {
                     parts.push(format!("across repeats {}", pts(s)));
                 }
+                if let Some(m) = &ev.lab.minimize {
+                    parts.push(minimize_summary(m));
+                }
                 let text = parts.join("; ");
                 if let Some(f) = facts_prompt {
                     (true, Side::Retrieval, Confidence::High, format!("{text}: `{}` is long because it carries {} tokens of reference facts", f.prompt, int(f.reference_facts as f64)))
@@ -1274,6 +1359,28 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
             }
         };
         table.push(DecisionRow { row: "Cost / length".into(), measured, evidence, points_to: side, confidence: conf });
+    }
+    {
+        let fs = th.get("fragile_spread");
+        let mut parts: Vec<String> = vec![];
+        if let Some(s) = frag.variant_spread {
+            parts.push(format!("spread across the task's prompt variants {}", pts(s)));
+        }
+        if let Some(s) = frag.repeat_spread {
+            parts.push(format!("across repeats {}", pts(s)));
+        }
+        if let Some(v) = &ev.lab.vary {
+            parts.push(vary_summary(v));
+        }
+        let (measured, side, conf, evidence) = if ev.lab.vary.is_none() && frag.repeat_spread.is_none() {
+            let known = if parts.is_empty() { String::new() } else { format!("{}; ", parts.join("; ")) };
+            (!parts.is_empty(), Side::Unknown, Confidence::None, format!("{known}not measured: perturbations and repeats (`tunegate prompt vary`, `tunegate eval --repeat 3`)"))
+        } else if fragile {
+            (true, Side::Tuning, Confidence::Medium, format!("{}: fragile (over {} between variants of the same prompt)", parts.join("; "), pts(fs)))
+        } else {
+            (true, Side::Prompting, Confidence::Medium, format!("{}: robust (within {})", parts.join("; "), pts(fs)))
+        };
+        table.push(DecisionRow { row: "Fragility".into(), measured, evidence, points_to: side, confidence: conf });
     }
 
     // ---- the verdict

@@ -6,6 +6,7 @@ pub mod advise;
 pub mod data;
 pub mod dataset;
 pub mod error;
+pub mod lab;
 pub mod paired;
 pub mod revision;
 pub mod scorers;

@@ -31,6 +31,27 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     (2.0 * cdf).min(1.0)
 }
 
+/// P(X >= k) for X ~ Binomial(n, 1/2): the one-sided exact McNemar
+/// p-value for "B is worse" when `k` of `n` discordant cases regressed.
+pub fn binomial_upper_tail(n: u64, k: u64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n {
+        return 0.0;
+    }
+    // log pmf(i) = ln C(n, i) - n ln 2, built up from pmf(n) = 2^-n downward.
+    let mut logp = -(n as f64) * std::f64::consts::LN_2;
+    let mut terms = vec![logp];
+    for i in (k..n).rev() {
+        // pmf(i) = pmf(i + 1) * (i + 1) / (n - i)
+        logp += ((i + 1) as f64).ln() - ((n - i) as f64).ln();
+        terms.push(logp);
+    }
+    let m = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (m.exp() * terms.iter().map(|t| (t - m).exp()).sum::<f64>()).min(1.0)
+}
+
 /// Resamples used by [`paired_bootstrap`]: enough that the 2.5% and 97.5%
 /// percentiles are stable to about 0.002 on typical eval sets.
 pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
@@ -151,4 +172,13 @@ pub fn inverse_normal(p: f64) -> f64 {
 /// exact binomial test as McNemar's.
 pub fn sign_test(wins: u64, losses: u64) -> f64 {
     mcnemar_exact(wins, losses)
+}
+
+/// A p-value as people read it: 4 decimals, scientific when tiny.
+pub fn fmt_p(p: f64) -> String {
+    if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
 }

@@ -67,6 +67,11 @@ pub struct ShotsSpec {
     pub strategy: ShotStrategy,
     #[serde(default)]
     pub seed: u64,
+    /// Which of the drawn examples to show, by position, in this order
+    /// (`tunegate prompt minimize` writes it when it drops examples; `prompt
+    /// vary` uses it to reorder them). Absent: all `k`, as drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,6 +304,9 @@ pub struct PromptSource {
     /// Where the template text came from, for error messages.
     pub origin: PathBuf,
     pub shots: Option<ShotsSpec>,
+    /// The label order `{{ labels }}` renders with; None: the task's order.
+    /// Only the prompt lab sets it (label-order fragility variants).
+    pub labels: Option<Vec<String>>,
 }
 
 impl Task {
@@ -433,11 +441,14 @@ impl Task {
                 (None, None) => None,
             };
             if let Some(s) = &p.shots {
+                if let Some(bad) = s.order.as_ref().and_then(|o| o.iter().find(|&&i| i >= s.k)) {
+                    return Err(self.err(line, &format!("{field}.shots.order"), format!("position {bad} is outside the {} drawn examples (0..{})", s.k, s.k)).hint("order lists positions of drawn examples, from 0"));
+                }
                 if s.k > 0 && f.data.examples.is_none() {
                     return Err(self.err(line, &format!("{field}.shots"), "shots are drawn from data.examples, which is not set").hint("add `examples: data/examples.jsonl` under data"));
                 }
             }
-            sources.push(PromptSource { id: p.id.clone(), system, template, origin, shots: p.shots.clone() });
+            sources.push(PromptSource { id: p.id.clone(), system, template, origin, shots: p.shots.clone(), labels: None });
         }
         if f.providers.is_empty() {
             return Err(self.err(self.key_line("providers"), "providers", "at least one provider is needed").hint("e.g. `- id: echo`"));

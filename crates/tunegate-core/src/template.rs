@@ -81,7 +81,13 @@ impl CompiledPrompt {
         let mut case_vars: Vec<String> = case_vars.into_iter().filter(|v| !BUILTIN_VARS.contains(&v.as_str())).collect();
         case_vars.sort();
         let shots = match (&src.shots, examples) {
-            (Some(spec), Some(ex)) => draw_shots(spec, ex, task.labels()),
+            (Some(spec), Some(ex)) => {
+                let drawn = draw_shots(spec, ex, task.labels());
+                match &spec.order {
+                    Some(order) => order.iter().filter_map(|&i| drawn.get(i).cloned()).collect(),
+                    None => drawn,
+                }
+            }
             (Some(spec), None) if spec.k > 0 => {
                 return Err(InputError::new(&task.path, "shots need data.examples").field(format!("prompts.{}.shots", src.id)))
             }
@@ -94,7 +100,7 @@ impl CompiledPrompt {
                 .collect(),
         );
         let mut common = Map::new();
-        common.insert("labels".into(), json!(task.labels()));
+        common.insert("labels".into(), json!(src.labels.as_deref().unwrap_or(task.labels())));
         common.insert(
             "task".into(),
             json!({"name": task.file.task.name, "description": task.file.task.description, "kind": task.kind().as_str()}),

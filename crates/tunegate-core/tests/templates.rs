@@ -50,12 +50,12 @@ fn shots_are_deterministic_by_seed() {
     let cases = load_cases(&p).unwrap();
     let labels = vec!["x".to_string(), "y".to_string()];
     for strategy in [ShotStrategy::Random, ShotStrategy::Stratified] {
-        let s = |seed| draw_shots(&ShotsSpec { k: 8, strategy, seed }, &cases, &labels).iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let s = |seed| draw_shots(&ShotsSpec { k: 8, strategy, seed, order: None }, &cases, &labels).iter().map(|c| c.id.clone()).collect::<Vec<_>>();
         assert_eq!(s(1), s(1));
         assert_ne!(s(1), s(2));
         assert_eq!(s(1).len(), 8);
     }
-    let first = draw_shots(&ShotsSpec { k: 3, strategy: ShotStrategy::First, seed: 0 }, &cases, &labels);
+    let first = draw_shots(&ShotsSpec { k: 3, strategy: ShotStrategy::First, seed: 0, order: None }, &cases, &labels);
     assert_eq!(first.iter().map(|c| c.input_text()).collect::<Vec<_>>(), vec!["e0", "e1", "e2"]);
 }
 

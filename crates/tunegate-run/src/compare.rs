@@ -214,14 +214,7 @@ fn aggregate(rows: Vec<ResultRow>) -> BTreeMap<String, Agg> {
     m
 }
 
-/// A p-value as people read it: 4 decimals, scientific when tiny.
-pub fn fmt_p(p: f64) -> String {
-    if p < 1e-4 {
-        format!("{p:.1e}")
-    } else {
-        format!("{p:.4}")
-    }
-}
+pub use tunegate_core::paired::fmt_p;
 
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {

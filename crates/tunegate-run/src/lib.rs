@@ -5,6 +5,7 @@
 //! its row is committed, which is what makes `--resume` exact.
 
 pub mod compare;
+pub mod lab;
 pub mod prepare;
 pub mod runner;
 pub mod summary;

@@ -41,6 +41,10 @@ pub struct RunOptions {
     pub only_providers: Vec<String>,
     pub kind: String,
     pub meta: Value,
+    /// With `resume`: add this plan's items to that run even though the
+    /// task state differs (the prompt lab adds each round of variants to
+    /// one run; items the run already holds are not asked again).
+    pub append: bool,
 }
 
 impl RunOptions {
@@ -58,6 +62,7 @@ impl RunOptions {
             only_providers: vec![],
             kind: "eval".into(),
             meta: json!({}),
+            append: false,
         }
     }
 }
@@ -151,6 +156,24 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     let (run_id, done): (String, HashSet<(String, String, String, u32)>) = match &opts.resume {
         Some(sel) => {
             let info = store.resolve_run(sel)?;
+            if opts.append {
+                store.set_run_status(&info.id, "running")?;
+                let done = store.completed_keys(&info.id)?;
+                let mut new = 0u64;
+                for &pi in &prompt_idx {
+                    for slot in &slots {
+                        for case in prep.eval.iter() {
+                            for r in 0..repeat {
+                                if !done.contains(&(prep.prompts[pi].id.clone(), slot.provider.name().to_string(), case.id.clone(), r)) {
+                                    new += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                store.set_run_planned(&info.id, info.planned + new)?;
+                (info.id, done)
+            } else {
             if info.config_hash != prep.config_hash {
                 return Err(RunError::Resume(format!(
                     "run {} was made from a different task state (prompts, data or assertions changed since); start a new run instead of resuming",
@@ -163,6 +186,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
             store.set_run_status(&info.id, "running")?;
             let done = store.completed_keys(&info.id)?;
             (info.id, done)
+            }
         }
         None => {
             let id = Store::new_run_id();
@@ -297,7 +321,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
 
     let store = Store::open(&opts.store_path)?;
     let total = store.count_results(&run_id)?;
-    let interrupted = total < planned;
+    let interrupted = total < store.get_run(&run_id)?.planned;
     store.set_run_status(&run_id, if interrupted { "interrupted" } else { "complete" })?;
     Ok(RunOutcome {
         run_id,

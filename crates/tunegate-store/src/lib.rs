@@ -272,6 +272,12 @@ impl Store {
         self.sql(r).map(|_| ())
     }
 
+    /// The prompt lab grows one run round by round.
+    pub fn set_run_planned(&self, id: &str, planned: u64) -> Result<()> {
+        let r = self.conn.execute("UPDATE runs SET planned = ?2 WHERE id = ?1", params![id, planned as i64]);
+        self.sql(r).map(|_| ())
+    }
+
     pub fn set_run_meta(&self, id: &str, meta: &Value) -> Result<()> {
         let r = self.conn.execute("UPDATE runs SET meta = ?2 WHERE id = ?1", params![id, meta.to_string()]);
         self.sql(r).map(|_| ())
