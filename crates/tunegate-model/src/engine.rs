@@ -103,9 +103,56 @@ impl LocalModel {
         }
     }
 
+    /// The first batch of a new prompt variant would otherwise prefill its
+    /// shared instructions and few-shot examples once per sequence (16
+    /// times over): compute the batch's common prefix once and remember it,
+    /// so every sequence starts from it.
+    fn share_batch_prefix(&self, prompts: &[Vec<u32>]) -> Result<(), ModelError> {
+        if prompts.len() < 2 {
+            return Ok(());
+        }
+        let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+        let l = prompts[1..].iter().map(|p| lcp(&prompts[0], p)).min().unwrap_or(0).min(shortest.saturating_sub(1));
+        if l < MIN_PREFIX {
+            return Ok(());
+        }
+        let prefix = &prompts[0][..l];
+        {
+            let entries = self.prefixes.lock().unwrap();
+            if entries.iter().any(|(p, _)| lcp(p, prefix) >= l) {
+                return Ok(());
+            }
+        }
+        // Start from the longest known part of it, then run the rest.
+        let mut cache = {
+            let entries = self.prefixes.lock().unwrap();
+            let best = entries.iter().map(|(p, c)| (lcp(p, prefix).min(p.len()), c)).filter(|(k, _)| *k >= MIN_PREFIX).max_by_key(|(k, _)| *k);
+            match best {
+                Some((k, c)) => {
+                    let mut c = c.clone();
+                    if c.truncate(k).is_ok() { c } else { self.model.new_cache() }
+                }
+                None => self.model.new_cache(),
+            }
+        };
+        while cache.len() < l {
+            let start = cache.len();
+            let n = (l - start).min(PREFILL_CHUNK);
+            let mut inputs = vec![SeqInput { tokens: &prefix[start..start + n], cache: &mut cache, all_logits: false }];
+            self.model.forward(&mut inputs)?;
+        }
+        let mut entries = self.prefixes.lock().unwrap();
+        entries.push((prefix.to_vec(), cache));
+        if entries.len() > MAX_PREFIXES {
+            entries.remove(0);
+        }
+        Ok(())
+    }
+
     /// Prefills every prompt (in chunks), returning caches and the logits of
     /// each prompt's last token.
     fn prefill(&self, prompts: &[Vec<u32>]) -> Result<(Vec<KvCache>, Vec<Vec<f32>>), ModelError> {
+        self.share_batch_prefix(prompts)?;
         let mut caches: Vec<KvCache> = prompts.iter().map(|p| self.start_cache(p)).collect();
         let mut last: Vec<Vec<f32>> = vec![vec![]; prompts.len()];
         loop {

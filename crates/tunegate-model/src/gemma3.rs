@@ -84,13 +84,13 @@ impl Config {
 }
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    wq: Proj,
+    wk: Proj,
+    wv: Proj,
+    wo: Proj,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
     attn_norm: Tensor,
     q_norm: Tensor,
     k_norm: Tensor,
@@ -99,11 +99,69 @@ struct Layer {
     post_ffn_norm: Tensor,
 }
 
+/// A weight matrix [n, k] applied to activations [.., k].
+///
+/// Candle's fast x86 kernels (repacked tiles on AVX512-VNNI/AMX) need `k` to
+/// be a multiple of 256. Gemma 3 270M's d_model is 640, so every layer weight
+/// that reads the residual stream (q, k, v, gate, up) took the generic
+/// per-block path: over half of all time in profiles. Those weights are
+/// stored padded with zero columns to the next multiple of 256 (Q8_0 rows
+/// gain zero blocks, byte for byte; other types are requantized to Q8_0, as
+/// Q5_0 already was) and their input is padded with zeros, which leaves the
+/// products unchanged. The fast kernels quantize activations per 256 values
+/// (Q8_K) where the generic path and llama.cpp use blocks of 32 (Q8_0):
+/// first-token logits move from ~0.8 to ~1.7 away from llama.cpp's at most,
+/// greedy agreement stays at 13 of 24 prompts and the bundled example's
+/// pass rate is unchanged (59/177), for 2.5x the eval throughput
+/// (BENCHMARKS.md). `TUNEGATE_NO_REQUANT=1` keeps the file's tensors as
+/// they are (the exact, slow path).
+struct Proj {
+    w: QMatMul,
+    pad: usize,
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.pad == 0 {
+            return self.w.forward(x);
+        }
+        self.w.forward(&x.pad_with_zeros(D::Minus1, 0, self.pad)?.contiguous()?)
+    }
+}
+
+const PAD_TO: usize = 256;
+
+/// The tensor with zero columns up to a multiple of [`PAD_TO`], and how
+/// many were added (0: returned as it is).
+fn pad_columns(t: QTensor, device: &Device, requant: bool) -> Result<(QTensor, usize), ModelError> {
+    let (n, k) = t.shape().dims2().map_err(ModelError::candle)?;
+    let kp = k.div_ceil(PAD_TO) * PAD_TO;
+    if kp == k || !requant {
+        return Ok((t, 0));
+    }
+    if t.dtype() == GgmlDType::Q8_0 {
+        // 34-byte blocks of 32 values; a zero block (scale 0) is 32 zeros.
+        let data = t.data().map_err(ModelError::candle)?;
+        let (row_in, row_out) = (k / 32 * 34, kp / 32 * 34);
+        let mut out = vec![0u8; n * row_out];
+        for r in 0..n {
+            out[r * row_out..r * row_out + row_in].copy_from_slice(&data[r * row_in..(r + 1) * row_in]);
+        }
+        drop(data);
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, vec![n, kp], device).map_err(ModelError::candle)?;
+        return Ok((q, kp - k));
+    }
+    let deq = t.dequantize(device).map_err(ModelError::candle)?.pad_with_zeros(1, 0, kp - k).map_err(ModelError::candle)?;
+    Ok((QTensor::quantize(&deq, GgmlDType::Q8_0).map_err(ModelError::candle)?, kp - k))
+}
+
 /// The loaded model. Cheap to share across threads behind an `Arc`.
 pub struct Gemma3 {
     pub cfg: Config,
+    /// Stored padded like the projections (see [`Proj`]); lookups are
+    /// narrowed back to d_model.
     embed: Arc<QTensor>,
-    lm_head: QMatMul,
+    lm_head: Proj,
     layers: Vec<Layer>,
     out_norm: Tensor,
     device: Device,
@@ -192,15 +250,16 @@ impl Gemma3 {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let mut mm = |n: &str| -> Result<QMatMul, ModelError> {
+            let mut mm = |n: &str| -> Result<Proj, ModelError> {
                 let t = load_q(&format!("{p}.{n}.weight"))?;
+                let (t, pad) = pad_columns(t, &device, requant)?;
                 let t = if requant && matches!(t.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) {
                     let deq = t.dequantize(&device).map_err(ModelError::candle)?;
                     QTensor::quantize(&deq, GgmlDType::Q8_0).map_err(ModelError::candle)?
                 } else {
                     t
                 };
-                QMatMul::from_qtensor(t).map_err(ModelError::candle)
+                Ok(Proj { w: QMatMul::from_qtensor(t).map_err(ModelError::candle)?, pad })
             };
             let (wq, wk, wv, wo) = (mm("attn_q")?, mm("attn_k")?, mm("attn_v")?, mm("attn_output")?);
             let (gate, up, down) = (mm("ffn_gate")?, mm("ffn_up")?, mm("ffn_down")?);
@@ -222,11 +281,14 @@ impl Gemma3 {
             });
         }
         let out_norm = load_q("output_norm.weight")?.dequantize(&device).map_err(ModelError::candle)?;
+        // The head is not padded: measured, padding it gained nothing once
+        // the layers were padded, and it would hold a second copy of the
+        // 262k-row embedding it is tied to.
         let embed = Arc::new(load_q("token_embd.weight")?);
         // Gemma ties the output head to the embedding.
         let lm_head = match c.tensor_infos.contains_key("output.weight") {
-            true => QMatMul::from_qtensor(load_q("output.weight")?).map_err(ModelError::candle)?,
-            false => QMatMul::from_arc(embed.clone()).map_err(ModelError::candle)?,
+            true => Proj { w: QMatMul::from_qtensor(load_q("output.weight")?).map_err(ModelError::candle)?, pad: 0 },
+            false => Proj { w: QMatMul::from_arc(embed.clone()).map_err(ModelError::candle)?, pad: 0 },
         };
         Ok(Gemma3 { cfg, embed, lm_head, layers, out_norm, device, tensor_types, lora: Default::default(), lora_scale: 0.0 })
     }
@@ -264,7 +326,7 @@ impl Gemma3 {
     }
 
     /// A projection with its adapter, when there is one.
-    fn proj(&self, li: usize, name: &str, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn proj(&self, li: usize, name: &str, w: &Proj, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = w.forward(x)?;
         match self.lora.get(&(li, name.to_string())) {
             None => Ok(y),

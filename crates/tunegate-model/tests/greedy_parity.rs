@@ -49,7 +49,12 @@ fn greedy_tokens_match_llama_cpp() {
     // Not yet the goal (all 24 identical): two float implementations of
     // the same network differ by ~0.5 logits here (see forward_reference.rs),
     // and llama.cpp's top-2 margins are often smaller. This guards the level
-    // reached so far against regressions; BENCHMARKS.md records it.
-    assert!(max_logit_diff < 1.5, "first-step logits differ from llama.cpp by {max_logit_diff}");
+    // reached so far against regressions; BENCHMARKS.md records it. The
+    // bound was 1.5 (measured ~0.8) until the layer weights moved to candle's
+    // repacked kernels, which quantize activations per 256 values instead of
+    // llama.cpp's 32 (measured 1.71; see `Proj` in gemma3.rs): 2.0 keeps a
+    // guard above that without hiding a real regression, and the greedy
+    // agreement bound below is unchanged.
+    assert!(max_logit_diff < 2.0, "first-step logits differ from llama.cpp by {max_logit_diff}");
     assert!(exact >= 12, "only {exact} of {} prompts match llama.cpp's greedy tokens:\n{}", cases.len(), report.join("\n"));
 }
