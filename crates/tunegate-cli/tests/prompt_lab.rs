@@ -246,3 +246,39 @@ fn sweep_draws_a_rising_curve_and_the_advisor_cites_the_lab() {
     assert!(row("Cost / length").contains("prompt minimize"), "{}", row("Cost / length"));
     assert!(row("Fragility").contains("prompt vary") && row("Fragility").contains("variants of `fs`"), "{}", row("Fragility"));
 }
+
+#[test]
+fn paraphrases_from_a_provider_and_a_sample_of_cases() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    task(dir, false, KEYWORD_MODEL, "");
+    // A second provider that "paraphrases": it drops the keyword sentence.
+    let yaml = std::fs::read_to_string(dir.join("tunegate.yaml")).unwrap().replace(
+        "data:\n",
+        "  - id: exec:echo x >> para.log; echo 'You are a careful assistant.'\n    label: paraphraser\ndata:\n",
+    );
+    std::fs::write(dir.join("tunegate.yaml"), yaml).unwrap();
+    let o = tg(&["prompt", "vary", "--prompt", "tk", "--provider", "planted", "--paraphrase-with", "paraphraser", "--paraphrase-count", "2", "--sample", "20", "--format", "json", "--no-progress"], dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&o);
+    assert_eq!(r["cases"], 20);
+    // The sample keeps the labels' shares: 5 of each.
+    let para: Vec<&Value> = r["variants"].as_array().unwrap().iter().filter(|v| v["family"] == "paraphrase").collect();
+    assert_eq!(para.len(), 1, "two identical paraphrases count once: {r:#}");
+    // The paraphrase replaced the system message; the keyword sentence is
+    // in the template, so the planted model still passes everything.
+    assert_eq!(para[0]["rate"]["passed"], 20);
+    let asked = std::fs::read_to_string(dir.join("para.log")).unwrap().lines().count();
+    assert_eq!(asked, 2);
+    // Asked again: the paraphrases come from the cache.
+    let o = tg(&["prompt", "vary", "--prompt", "tk", "--provider", "planted", "--paraphrase-with", "paraphraser", "--paraphrase-count", "2", "--sample", "20", "--no-progress"], dir);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("para.log")).unwrap().lines().count(), 2);
+    // Unknown prompt / provider: usage errors naming what exists.
+    let o = tg(&["prompt", "vary", "--prompt", "nope"], dir);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("have: tk"), "{}", text(&o));
+    let o = tg(&["prompt", "minimize", "--prompt", "tk", "--provider", "nope"], dir);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("have: planted, paraphraser"), "{}", text(&o));
+}

@@ -1526,6 +1526,14 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                     }
                 }
                 steps.push(step(format!("Ship prompt `{}` on {}", b.prompt, b.provider), None));
+                match ev.lab.minimize.as_ref().filter(|m| m.prompt == b.prompt) {
+                    Some(m) if !m.best_dropped.is_empty() && m.token_saving >= 0.1 => {
+                        let cmd = m.written_as.is_none().then(|| format!("tunegate prompt minimize{c_arg} --prompt {} --write {}-min", b.prompt, b.prompt));
+                        steps.push(step(format!("Or ship its minimized form: {}", minimize_summary(m)), cmd));
+                    }
+                    None if ev.lab.minimize.is_none() => steps.push(step(format!("Find the smallest form of `{}` that still works (cheaper calls)", b.prompt), Some(format!("tunegate prompt minimize{c_arg} --prompt {}", b.prompt)))),
+                    _ => {}
+                }
                 steps.push(step(format!("Gate every change against this run in CI"), Some(format!("tunegate eval{c_arg} --baseline {}", ev.run.as_ref().map(|r| r.run_id.as_str()).unwrap_or("latest")))));
                 for w in &frag.weak_slices {
                     steps.push(step(format!("Look at the weak slice {w}"), Some(format!("tunegate show{c_arg} --failed"))));
@@ -1536,6 +1544,12 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                 reasons.push(format!("{} prompt variant(s) measured on {}; no plateau, long prompt, fragility or cost signal", groups.iter().filter(|g| g.provider == b.provider).count(), b.provider));
                 steps.push(step("Add prompt variants (instructions, few-shot from the examples) and compare them".into(), Some(format!("tunegate eval{c_arg}"))));
                 steps.push(step("Measure stability with repeats".into(), Some(format!("tunegate eval{c_arg} --repeat 3"))));
+                if ev.lab.vary.is_none() {
+                    steps.push(step(format!("Measure how fragile `{}` is to reordering, relabeling and rewording", b.prompt), Some(format!("tunegate prompt vary{c_arg} --prompt {}", b.prompt))));
+                }
+                if ev.lab.sweep.is_none() && ev.anatomy.iter().any(|a| a.prompt == b.prompt && a.few_shot > 0) {
+                    steps.push(step("Measure the few-shot learning curve: does the behaviour keep improving with more examples?".into(), Some(format!("tunegate prompt sweep{c_arg} --prompt {}", b.prompt))));
+                }
             } else {
                 reasons.extend(signals);
                 let mut missing: Vec<String> = vec![];
