@@ -200,14 +200,19 @@ fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
 
 /// Prints the plan and asks before spending money: a priced provider
 /// needs a yes (or --yes); free ones (local, exec) just go.
-fn confirm(e: &Estimate, a: &LabArgs, s: &Setup) -> Result<()> {
+fn confirm(e: &Estimate, a: &LabArgs, s: &Setup, partial_ok: bool) -> Result<()> {
     let more = if e.more_calls_at_most > 0 { format!(" (+ at most {} more in later rounds)", e.more_calls_at_most) } else { String::new() };
     let cost = match e.usd {
         Some(u) => format!("about ${u:.4}"),
         None => format!("no cost estimate ({})", s.price_note),
     };
     eprintln!("plan: {} variant(s) x {} cases = {} items; {} cached; {} provider call(s){more}; {cost}", e.variants, e.cases, e.items, e.cached, e.calls);
-    s.lab.check_budget(e).map_err(|err| usage(err.to_string()))?;
+    if let Err(err) = s.lab.check_budget(e) {
+        if !partial_ok {
+            return Err(usage(err.to_string()));
+        }
+        eprintln!("note: {err}; the sweep measures the points the budget covers and stops");
+    }
     let paid = e.usd.map(|u| u > 0.0).unwrap_or(false) && (e.calls > 0 || e.more_calls_at_most > 0);
     if paid && !a.yes {
         if !std::io::stdin().is_terminal() {
@@ -311,7 +316,7 @@ pub fn minimize(a: MinimizeArgs) -> Result<ExitCode> {
     let round = rlab::minimize_round(&d, &s.src);
     let mut e = s.lab.estimate(&round)?;
     e.more_calls_at_most = (d.parts.len().saturating_sub(1) * s.lab.cases.len()) as u64;
-    confirm(&e, &a.lab, &s)?;
+    confirm(&e, &a.lab, &s, false)?;
     let log = log_fn(!a.lab.no_progress);
     let src = s.src.clone();
     let o = rlab::MinimizeOptions { alpha: a.alpha, max_drop: a.max_drop };
@@ -477,7 +482,7 @@ pub fn sweep(a: SweepArgs) -> Result<ExitCode> {
         }
     }
     let e = s.lab.estimate(&plan)?;
-    confirm(&e, &a.lab, &s)?;
+    confirm(&e, &a.lab, &s, true)?;
     let log = log_fn(!a.lab.no_progress);
     let src = s.src.clone();
     let o = rlab::SweepOptions { ks: a.shots.clone(), seeds: a.seeds, strategy, alpha: a.alpha };
@@ -567,7 +572,7 @@ pub fn vary(a: VaryArgs) -> Result<ExitCode> {
         return Err(usage(format!("prompt `{}` offers nothing to vary (no examples, sentences, labels or formatting); pass --paraphrase TEXT", s.src.id)));
     }
     let e = s.lab.estimate(&vars)?;
-    confirm(&e, &a.lab, &s)?;
+    confirm(&e, &a.lab, &s, false)?;
     let log = log_fn(!a.lab.no_progress);
     let src = s.src.clone();
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());

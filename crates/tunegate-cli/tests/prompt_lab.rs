@@ -220,6 +220,12 @@ fn sweep_draws_a_rising_curve_and_the_advisor_cites_the_lab() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     task(dir, false, LEARNER_MODEL, &FEW_SHOT.replace("strategy: first", "strategy: stratified"));
+    // A budget that covers only k=0 (40 calls): the curve stops there, said so.
+    let o = tg(&["prompt", "sweep", "--prompt", "fs", "--shots", "0,1,2,4", "--seeds", "2", "--budget", "50", "--format", "json", "--no-progress"], dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&o);
+    assert_eq!(r["points"].as_array().unwrap().len(), 1, "{r:#}");
+    assert!(r["stopped"].as_str().unwrap().contains("--budget before k=1"), "{r:#}");
     let o = tg(&["prompt", "sweep", "--prompt", "fs", "--shots", "0,1,2,4", "--seeds", "2", "--format", "json", "--no-progress"], dir);
     assert!(o.status.success(), "{}", text(&o));
     let r = json(&o);
