@@ -516,6 +516,44 @@ def greedy(m):
     print(f"wrote {len(prompts)} prompts to {path}")
 
 
+# The eval-shaped measure of `tunegate bench model` (crates/tunegate-cli/src/
+# bench.rs, ROUTING and MESSAGES): 48 short classification prompts, each
+# prefilled then greedily decoded for up to 4 tokens, stopping at a newline.
+EVAL_ROUTING = ("You route customer messages to the team that handles them. The teams are billing "
+                "(charges, refunds, invoices), technical (apps, devices, errors), account (sign-in, "
+                "profiles, household members), shipping (deliveries, returns, damaged parcels) and other.\n\n")
+EVAL_MESSAGES = [
+    "I was charged twice for my March subscription.",
+    "The app crashes every time I open the settings page.",
+    "I forgot my password and the reset email never arrives.",
+    "My package has not arrived and tracking has not moved in a week.",
+    "Do you have an office in Lisbon?",
+    "The invoice shows the wrong VAT number.",
+    "My files stopped syncing between my laptop and phone.",
+    "How do I change the email address on my account?",
+    "The parcel arrived damaged and the box was soaked.",
+    "Can I get a refund for the annual plan I bought yesterday?",
+    "The thermostat shows error E42 after the update.",
+    "Please add my partner to our household account.",
+]
+
+
+def eval_sequential(m, cases=48):
+    """llama.cpp's per-case throughput, one case after another (no batching)."""
+    nl = set(m.tokenize("\n", False, False))
+    t0 = time.perf_counter()
+    for i in range(cases):
+        m.reset()
+        ids = m.tokenize(f"{EVAL_ROUTING}Message: {EVAL_MESSAGES[i % len(EVAL_MESSAGES)]} (case {i})\nTeam:", True, False)
+        logits = m.decode(ids)
+        for _ in range(4):
+            tok = int(np.argmax(logits))
+            if tok in nl or tok == 1 or tok == 106:
+                break
+            logits = m.decode([tok])
+    return cases / (time.perf_counter() - t0)
+
+
 def speed(m, model_path):
     text = (LONG_BASE + "".join(f"Message: {q}\nTeam: {t}\n\n" for q, t in LONG_EXAMPLES) * 2)
     ids = m.tokenize(text, True, False)[:103]
@@ -540,6 +578,7 @@ def speed(m, model_path):
                 "llama_decode_ms": perf.t_eval_ms, "llama_n_decode": perf.n_eval,
             })
     med = lambda k: statistics.median(x[k] for x in runs)
+    eval_cps = eval_sequential(m)
     out = {
         "what": "llama.cpp via llama-cpp-python %s, Gemma 3 270M Q4_K_M on CPU, n_threads=2, "
                 "use_extra_bufts=false (AMX/repack path segfaults on this VM), a 103-token prompt "
@@ -552,6 +591,7 @@ def speed(m, model_path):
         "prefill_tok_s": med("prefill_tok_s"), "decode_tok_s": med("decode_tok_s"),
         "llama_prefill_tok_s": statistics.median(x["llama_n_prefill"] / x["llama_prefill_ms"] * 1000 for x in runs),
         "llama_decode_tok_s": statistics.median(x["llama_n_decode"] / x["llama_decode_ms"] * 1000 for x in runs),
+        "eval_sequential_cases_per_s": eval_cps, "eval_cases": len(EVAL_MESSAGES) * 4,
         "cpu": cpu_name(), "nproc": os.cpu_count(), "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(), "runs": runs,
     }
@@ -560,7 +600,7 @@ def speed(m, model_path):
         json.dump(out, f, indent=2)
         f.write("\n")
     print(json.dumps({k: out[k] for k in ("prefill_tok_s", "decode_tok_s", "llama_prefill_tok_s",
-                                          "llama_decode_tok_s", "loadavg_before")}))
+                                          "llama_decode_tok_s", "eval_sequential_cases_per_s", "loadavg_before")}))
 
 
 def cpu_name():

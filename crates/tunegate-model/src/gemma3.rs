@@ -106,8 +106,8 @@ struct Layer {
 /// that reads the residual stream (q, k, v, gate, up) took the generic
 /// per-block path: over half of all time in profiles. Those weights are
 /// stored padded with zero columns to the next multiple of 256 (Q8_0 rows
-/// gain zero blocks, byte for byte; other types are requantized to Q8_0, as
-/// Q5_0 already was) and their input is padded with zeros, which leaves the
+/// gain zero blocks, byte for byte; Q5_0 becomes Q8_0 without loss first, see
+/// [`q5_0_as_q8_0`]) and their input is padded with zeros, which leaves the
 /// products unchanged. The fast kernels quantize activations per 256 values
 /// (Q8_K) where the generic path and llama.cpp use blocks of 32 (Q8_0):
 /// first-token logits move from ~0.8 to ~1.7 away from llama.cpp's at most,
@@ -130,6 +130,32 @@ impl Proj {
 }
 
 const PAD_TO: usize = 256;
+
+/// Q5_0 as Q8_0 without loss: each 5-bit value x in -16..15 becomes the
+/// 8-bit value x under the same scale. candle has no SIMD Q5_0 kernel, and
+/// quantizing the dequantized weights afresh (scale max/127) would round
+/// them away from the file's (and llama.cpp's) values.
+fn q5_0_as_q8_0(t: &QTensor, device: &Device) -> Result<QTensor, ModelError> {
+    let dims = t.shape().dims().to_vec();
+    let data = t.data().map_err(ModelError::candle)?;
+    let blocks = data.len() / 22;
+    let mut out = vec![0u8; blocks * 34];
+    for b in 0..blocks {
+        let src = &data[b * 22..(b + 1) * 22];
+        let dst = &mut out[b * 34..(b + 1) * 34];
+        dst[..2].copy_from_slice(&src[..2]);
+        let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
+        for j in 0..16 {
+            let lo = src[6 + j];
+            let x0 = ((lo & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8)) as i32 - 16;
+            let x1 = ((lo >> 4) | (((qh >> (j + 12)) & 0x10) as u8)) as i32 - 16;
+            dst[2 + j] = x0 as i8 as u8;
+            dst[2 + j + 16] = x1 as i8 as u8;
+        }
+    }
+    drop(data);
+    candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, dims, device).map_err(ModelError::candle)
+}
 
 /// The tensor with zero columns up to a multiple of [`PAD_TO`], and how
 /// many were added (0: returned as it is).
@@ -158,8 +184,6 @@ fn pad_columns(t: QTensor, device: &Device, requant: bool) -> Result<(QTensor, u
 /// The loaded model. Cheap to share across threads behind an `Arc`.
 pub struct Gemma3 {
     pub cfg: Config,
-    /// Stored padded like the projections (see [`Proj`]); lookups are
-    /// narrowed back to d_model.
     embed: Arc<QTensor>,
     lm_head: Proj,
     layers: Vec<Layer>,
@@ -252,6 +276,7 @@ impl Gemma3 {
             let p = format!("blk.{i}");
             let mut mm = |n: &str| -> Result<Proj, ModelError> {
                 let t = load_q(&format!("{p}.{n}.weight"))?;
+                let t = if requant && t.dtype() == GgmlDType::Q5_0 { q5_0_as_q8_0(&t, &device)? } else { t };
                 let (t, pad) = pad_columns(t, &device, requant)?;
                 let t = if requant && matches!(t.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) {
                     let deq = t.dequantize(&device).map_err(ModelError::candle)?;
@@ -505,5 +530,29 @@ impl Gemma3 {
     /// Log-probabilities over the vocabulary from logits (any shape; last dim).
     pub fn log_softmax(logits: &Tensor) -> Result<Tensor, ModelError> {
         candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(ModelError::candle)?, D::Minus1).map_err(ModelError::candle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q5_0_converts_to_q8_0_without_loss_and_pads_with_zeros() {
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..4 * 640).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let t = Tensor::from_vec(vals, (4, 640), &dev).unwrap();
+        let q5 = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
+        let want = q5.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+        let q8 = q5_0_as_q8_0(&q5, &dev).unwrap();
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        assert_eq!(q8.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap(), want);
+        let (p, pad) = pad_columns(q8, &dev, true).unwrap();
+        assert_eq!(pad, 128);
+        let got = p.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(&g[..640], &w[..]);
+            assert!(g[640..].iter().all(|x| *x == 0.0));
+        }
     }
 }
