@@ -185,7 +185,7 @@ impl LocalProvider {
             let m = std::fs::metadata(a.join("adapter_model.safetensors")).ok();
             format!("|{}|{:?}|{}", a.display(), m.as_ref().and_then(|m| m.modified().ok()), m.map(|m| m.len()).unwrap_or(0))
         });
-        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}{}", path.display(), adapter_id.unwrap_or_default()), path, adapter })
+        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}|numerics{}{}", path.display(), tunegate_model::NUMERICS_VERSION, adapter_id.unwrap_or_default()), path, adapter })
     }
 }
 
