@@ -1,6 +1,7 @@
 //! The `tunegate` command. Thin on purpose: parsing arguments, progress
 //! bars and output formats live here; everything else is in the libraries.
 
+mod adapter;
 mod advise;
 mod bench;
 mod commands;
@@ -74,6 +75,9 @@ enum Command {
     /// Prompt lab: minimize a prompt, sweep few-shot examples, measure fragility.
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Tuned adapters: export to llama.cpp's LoRA GGUF.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => bench::run(b),
         Command::Data(d) => data::run(d),
         Command::Prompt(p) => prompt::run(p),
+        Command::Adapter(a) => adapter::run(a),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),

@@ -87,4 +87,17 @@ fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     assert_eq!(full, resumed, "the resumed run's adapter differs from the uninterrupted run's");
     let o = Command::new(bin).args(["tune", "--list"]).current_dir(b.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("succeeded"));
+
+    // The adapter as a llama.cpp LoRA GGUF, by job id.
+    let job = adapters(b.path())[0].file_name().unwrap().to_string_lossy().to_string();
+    let out = b.path().join("lora.gguf");
+    let o = Command::new(bin).args(["adapter", "export", &job, "-o"]).arg(&out).current_dir(b.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text} {}", String::from_utf8_lossy(&o.stderr));
+    // rank 4 on the default targets (q, v) of 18 layers: 2 x 2 x 18 tensors.
+    assert!(text.contains("72 tensors, rank 4, alpha 8"), "{text}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    let o = Command::new(bin).args(["adapter", "export", "no-such-job"]).current_dir(b.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
 }

@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod gemma3;
 pub mod gguf;
+pub mod gguf_lora;
 pub mod lora;
 pub mod paths;
 pub mod sample;

@@ -1,0 +1,70 @@
+//! `tunegate adapter export`: a tuned adapter in another runtime's format.
+
+use crate::commands::usage;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tunegate_store::{store_path_for, Store};
+
+#[derive(Subcommand)]
+pub enum AdapterCommand {
+    /// Write a LoRA adapter as a llama.cpp LoRA GGUF (`llama-cli --lora FILE`).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A PEFT adapter directory, or a local tuning job id / tuned model name from the store.
+    pub adapter: String,
+    /// Output format.
+    #[arg(long, value_parser = ["gguf-lora"], default_value = "gguf-lora")]
+    pub format: String,
+    /// Output file (default: ADAPTER_DIR/adapter.gguf).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Task file whose run store holds the job (when ADAPTER is a job).
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(c: AdapterCommand) -> Result<ExitCode> {
+    match c {
+        AdapterCommand::Export(a) => export(a),
+    }
+}
+
+/// The adapter directory: the argument itself, or the one a local tuning
+/// job recorded.
+fn adapter_dir(a: &ExportArgs) -> Result<PathBuf> {
+    let p = PathBuf::from(&a.adapter);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    let task = crate::task_path(&a.config);
+    let sp = store_path_for(&task);
+    if !sp.exists() {
+        return Err(usage(format!("{}: not an adapter directory, and there is no run store at {} to look it up as a tuning job", a.adapter, sp.display())));
+    }
+    let store = Store::open(&sp)?;
+    let job = store.get_tune_job(&a.adapter)?.ok_or_else(|| usage(format!("{}: not an adapter directory nor a tuning job in {} (see `tunegate tune --list`)", a.adapter, sp.display())))?;
+    let model = job.fine_tuned_model.clone().unwrap_or_default();
+    match model.split_once("+adapter:") {
+        Some((_, dir)) => Ok(PathBuf::from(dir)),
+        None => Err(usage(format!("job {} has no local adapter (status {}, model `{model}`); only local LoRA jobs can be exported", job.id, job.status))),
+    }
+}
+
+fn export(a: ExportArgs) -> Result<ExitCode> {
+    let dir = adapter_dir(&a)?;
+    if !dir.join("adapter_config.json").is_file() || !dir.join("adapter_model.safetensors").is_file() {
+        return Err(usage(format!("{}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)", dir.display())));
+    }
+    let out = a.output.clone().unwrap_or_else(|| dir.join("adapter.gguf"));
+    // The base architecture from the adapter's config when it names a GGUF;
+    // tunegate's local base is Gemma 3.
+    let e = tunegate_model::gguf_lora::export_peft_as_gguf(&dir, "gemma3", &out).with_context(|| format!("exporting {}", dir.display()))?;
+    println!("wrote {} ({} tensors, rank {}, alpha {}, {} bytes)", out.display(), e.tensors, e.rank, e.alpha, e.bytes);
+    println!("use it with llama.cpp: llama-cli -m gemma-3-270m-q4_k_m.gguf --lora {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
