@@ -10,6 +10,7 @@ mod html;
 mod init;
 mod model;
 mod quickstart;
+mod review;
 mod serve;
 mod serve_ft;
 mod tune;
@@ -70,6 +71,8 @@ enum Command {
     /// Fine-tuning data: check (duplicates, conflicts, leakage), split, export.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Blind side-by-side review of two runs' outputs by a person; resumable.
+    Review(review::ReviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),
         Command::Tune(a) => tune::run(a),
+        Command::Review(a) => review::run(a),
     };
     match result {
         Ok(code) => code,
