@@ -8,6 +8,8 @@ mod compare;
 mod data;
 mod html;
 mod init;
+mod label;
+mod label_tui;
 mod model;
 mod quickstart;
 mod review;
@@ -73,6 +75,8 @@ enum Command {
     Data(data::DataCommand),
     /// Blind side-by-side review of two runs' outputs by a person; resumable.
     Review(review::ReviewArgs),
+    /// Write expected outputs for raw inputs, fast: a terminal UI (or line mode); resumable.
+    Label(label::LabelArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Tune(a) => tune::run(a),
         Command::Review(a) => review::run(a),
+        Command::Label(a) => label::run(a),
     };
     match result {
         Ok(code) => code,

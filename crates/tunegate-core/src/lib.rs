@@ -7,6 +7,7 @@ pub mod data;
 pub mod dataset;
 pub mod error;
 pub mod judge;
+pub mod label;
 pub mod paired;
 pub mod review;
 pub mod revision;
