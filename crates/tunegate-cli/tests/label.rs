@@ -1,0 +1,243 @@
+//! `tunegate label` as a person uses it: the terminal UI in a real
+//! pseudo-terminal (keys in, the screen read back through a VT100 parser),
+//! 20 inputs with undo, back, search, quit and resume; a kill -9 in the
+//! middle of typing; and the line mode over a pipe.
+
+use portable_pty::{native_pty_system, Child, CommandBuilder, PtySize};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LABELS: [&str; 3] = ["billing", "technical", "other"];
+
+struct Term {
+    child: Box<dyn Child + Send + Sync>,
+    writer: Box<dyn Write + Send>,
+    screen: Arc<Mutex<vt100::Parser>>,
+}
+
+impl Term {
+    fn start(dir: &Path, args: &[&str]) -> Term {
+        let pair = native_pty_system().openpty(PtySize { rows: 30, cols: 110, pixel_width: 0, pixel_height: 0 }).unwrap();
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_tunegate"));
+        cmd.args(args);
+        cmd.cwd(dir);
+        cmd.env("TERM", "xterm-256color");
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(30, 110, 0)));
+        let s = screen.clone();
+        std::thread::spawn(move || {
+            let _keep = pair.master;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().process(&buf[..n]);
+            }
+        });
+        Term { child, writer, screen }
+    }
+
+    fn contents(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// Waits until the screen shows every one of `texts`.
+    fn wait_for(&self, texts: &[&str]) {
+        let t0 = Instant::now();
+        loop {
+            let c = self.contents();
+            if texts.iter().all(|t| c.contains(t)) {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "the screen never showed {texts:?}:\n{c}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn keys(&mut self, s: &str) {
+        self.writer.write_all(s.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    fn wait_exit(&mut self) {
+        let t0 = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "tunegate label did not exit:\n{}", self.contents());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+use std::io::Read;
+
+fn task(dir: &Path, kind: &str, inputs: &[String]) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/eval.jsonl"), "{\"input\": \"something else entirely\", \"expected\": \"other\"}\n").unwrap();
+    let labels = if kind == "classification" { "  labels: [billing, technical, other]\n" } else { "" };
+    let yaml = format!(
+        "version: 1\ntask:\n  name: t\n  kind: {kind}\n{labels}prompts:\n  - id: p\n    template: \"{{{{ input }}}}\"\nproviders:\n  - id: echo\ndata:\n  eval: data/eval.jsonl\n  examples: data/examples.jsonl\n"
+    );
+    std::fs::write(dir.join("tunegate.yaml"), yaml).unwrap();
+    let lines: String = inputs.iter().map(|t| format!("{}\n", serde_json::json!({ "input": t }))).collect();
+    std::fs::write(dir.join("inputs.jsonl"), lines).unwrap();
+}
+
+fn dataset(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("data/examples.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The key that picks the right label for input `i`.
+fn key(i: usize) -> String {
+    (i % 3 + 1).to_string()
+}
+
+#[test]
+fn tui_labels_20_inputs_with_undo_back_search_quit_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<String> = (0..20).map(|i| format!("message number {i:02}")).collect();
+    task(dir.path(), "classification", &inputs);
+    let args = ["label", "inputs.jsonl", "--who", "tester"];
+
+    let mut t = Term::start(dir.path(), &args);
+    t.wait_for(&["Input 1 of 20", "message number 00", "1 billing", "2 technical", "3 other"]);
+    for i in 0..8 {
+        t.keys(&key(i));
+        t.wait_for(&[&format!("Input {} of 20", i + 2)]);
+    }
+    // Counts per label on screen.
+    t.wait_for(&["answered 8", "billing 3, technical 3, other 2"]);
+    // A slip on input 9, undone: the line leaves the file, input 9 is back.
+    t.keys(if key(8) == "1" { "2" } else { "1" });
+    t.wait_for(&["Input 10 of 20", "answered 9"]);
+    t.keys("u");
+    t.wait_for(&["Input 9 of 20", "undone", "answered 8"]);
+    assert_eq!(dataset(dir.path()).len(), 8);
+    t.keys(&key(8));
+    t.wait_for(&["Input 10 of 20"]);
+    // Quit in the middle.
+    t.keys("q");
+    t.wait_exit();
+    assert_eq!(dataset(dir.path()).len(), 9);
+
+    // Resume exactly where it stopped.
+    let mut t = Term::start(dir.path(), &args);
+    t.wait_for(&["Input 10 of 20", "message number 09", "answered 9"]);
+    for i in 9..15 {
+        t.keys(&key(i));
+        t.wait_for(&[&format!("Input {} of 20", i + 2)]);
+    }
+    // Back to input 15: its saved answer is shown; the same key keeps it.
+    t.keys("b");
+    t.wait_for(&["Input 15 of 20", &format!("answered: {}", LABELS[14 % 3])]);
+    t.keys(&key(14));
+    t.wait_for(&["Input 16 of 20"]);
+    // Search jumps to an input by its text.
+    t.keys("/");
+    t.wait_for(&["Search:"]);
+    t.keys("number 03\r");
+    t.wait_for(&["Input 4 of 20", "message number 03", "found"]);
+    t.keys(&key(3));
+    t.wait_for(&["Input 16 of 20"]);
+    for i in 15..20 {
+        t.keys(&key(i));
+        if i < 19 {
+            t.wait_for(&[&format!("Input {} of 20", i + 2)]);
+        }
+    }
+    t.wait_for(&["Every input is answered", "answered 20 of 20"]);
+    t.keys("q");
+    t.wait_exit();
+
+    // The dataset holds exactly the answers given, once each.
+    let rows = dataset(dir.path());
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    for (i, text) in inputs.iter().enumerate() {
+        let found: Vec<&serde_json::Value> = rows.iter().filter(|r| r["input"] == *text).collect();
+        assert_eq!(found.len(), 1, "{text}: {found:?}");
+        assert_eq!(found[0]["expected"], LABELS[i % 3], "{text}");
+    }
+    let prov = std::fs::read_to_string(dir.path().join("data/examples.jsonl.provenance.jsonl")).unwrap();
+    assert!(prov.lines().all(|l| l.contains("\"who\":\"tester\"")), "{prov}");
+    assert!(prov.lines().any(|l| l.contains("\"event\":\"undo\"")));
+    // The task still loads and evaluates with the written examples.
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["data", "check"]).current_dir(dir.path()).output().unwrap();
+    assert!(o.status.code() != Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn kill_9_while_typing_loses_only_the_answer_being_typed_and_line_mode_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<String> = (0..5).map(|i| format!("rewrite this {i}")).collect();
+    task(dir.path(), "generation", &inputs);
+    let mut t = Term::start(dir.path(), &["label", "inputs.jsonl"]);
+    t.wait_for(&["Input 1 of 5", "rewrite this 0", "Ctrl-S save"]);
+    // Enter makes a new line in the editor; Ctrl-S saves.
+    t.keys("line a\rline b\x13");
+    t.wait_for(&["Input 2 of 5"]);
+    t.keys("answer one\x13");
+    t.wait_for(&["Input 3 of 5"]);
+    t.keys("partial ans");
+    t.wait_for(&["partial ans"]);
+    let pid = t.child.process_id().unwrap();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    t.wait_exit();
+    let rows = dataset(dir.path());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["expected"], "line a\nline b");
+    assert_eq!(rows[1]["expected"], "answer one");
+
+    // Line mode over a pipe picks up at input 3.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["label", "inputs.jsonl", "--no-tui"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"answer two\\nwith a second line\n:s\n\n:u\n:u\nanswer two again\n:q\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("Input 3 of 5") && out.contains("nothing to accept") && out.contains("undone"), "{out}");
+    let rows = dataset(dir.path());
+    // :s skipped input 4, the empty line was refused, :u un-skipped it,
+    // :u removed the answer to input 3, which was then answered again.
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[2]["expected"], "answer two again");
+    assert_eq!(rows[2]["input"], "rewrite this 2");
+}
+
+#[test]
+fn line_mode_refuses_eval_inputs_and_bad_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = vec!["Something else, entirely!".to_string(), "a real one".to_string()];
+    task(dir.path(), "classification", &inputs);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["label", "inputs.jsonl"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"5\nrefunds\ntechnical\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    // The eval input is refused up front, so the session starts at input 2.
+    assert!(out.contains("Input 2 of 2") && out.contains("refused 1"), "{out}");
+    assert!(out.contains("not saved: `5` is not one of the labels") && out.contains("not saved: `refunds`"), "{out}");
+    assert_eq!(dataset(dir.path()), vec![serde_json::json!({"input": "a real one", "expected": "technical"})]);
+    // Labelling into a CSV data set is refused with the field to fix (exit 2).
+    let y = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap().replace("examples.jsonl", "examples.csv");
+    std::fs::write(dir.path().join("tunegate.yaml"), y).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["label", "inputs.jsonl"]).current_dir(dir.path()).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data.examples"), "{}", String::from_utf8_lossy(&o.stderr));
+}
