@@ -347,6 +347,11 @@ fn agreement_of_judges_with_people() {
     assert!((g["agreement"]["ci95"][0].as_f64().unwrap() - 0.6755924351161198).abs() < 1e-9, "{g}");
     let g = agree("exec:sh first.sh");
     assert_eq!((g["agreement"]["n"].as_u64(), g["agreement"]["agree"].as_u64(), g["agreement"]["decisive_agree"].as_u64()), (Some(8), Some(0), Some(0)));
+    // The advisor counts the reviews and verdicts as evidence.
+    let o = tg(&["advise", "--format", "json"], dir.path());
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    let row = a["table"].as_array().unwrap().iter().find(|r| r["row"] == "Evaluation").unwrap().to_string();
+    assert!(row.contains("8 blind reviews by people") && row.contains("A 0, B 8") && row.contains("16 pairwise judge verdicts"), "{row}");
     // Text form reads as a recommendation.
     let o = tg(&["review", &format!("{run}:alpha@echo"), &format!("{run}:beta@echo"), "--agreement", "--judge", "exec:python3 judge.py"], dir.path());
     assert!(text(&o).contains("Agreement: 8 of 8"), "{}", text(&o));

@@ -241,3 +241,30 @@ fn line_mode_refuses_eval_inputs_and_bad_answers() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("data.examples"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn the_advisor_sends_people_to_label_and_counts_what_they_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), "classification", &[]);
+    // Half of the eval set has no expected output.
+    let eval: String = (0..10).map(|i| if i % 2 == 0 { format!("{{\"input\": \"case {i}\", \"expected\": \"billing\"}}\n") } else { format!("{{\"input\": \"case {i}\"}}\n") }).collect();
+    std::fs::write(dir.path().join("data/eval.jsonl"), eval).unwrap();
+    let advise = |dir: &Path| -> serde_json::Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["advise", "--format", "json"]).current_dir(dir).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let a = advise(dir.path());
+    assert_eq!(a["verdict"], "WRITE_EXAMPLES_FIRST", "{a}");
+    let steps = a["next_steps"].to_string();
+    assert!(steps.contains("tunegate label data/eval.jsonl --to eval"), "{steps}");
+    // Label two of the five in place, then ask again: the advisor counts them.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["label", "data/eval.jsonl", "--to", "eval"]).current_dir(dir.path()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"2\nother\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let text = std::fs::read_to_string(dir.path().join("data/eval.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 10, "answers completed lines in place: {text}");
+    assert!(text.contains("{\"input\":\"case 1\",\"expected\":\"technical\"}") && text.contains("{\"input\":\"case 3\",\"expected\":\"other\"}"), "{text}");
+    let a = advise(dir.path());
+    assert!(a["reasons"].to_string().contains("7 of 10 eval cases have an expected output") && a["reasons"].to_string().contains("2 written by people with `tunegate label`"), "{}", a["reasons"]);
+}

@@ -97,6 +97,9 @@ pub struct Session {
     keys: Vec<String>,
     /// key -> the dataset line holding its answer.
     labelled: HashMap<String, String>,
+    /// key -> a dataset line for the input without an expected output
+    /// (an eval set being completed in place): an answer replaces it.
+    unanswered: HashMap<String, String>,
     skipped: HashSet<String>,
     /// key -> "path:line" of the same input in the other set.
     other: HashMap<String, String>,
@@ -185,6 +188,7 @@ impl Session {
         let inputs = load_cases(inputs_path)?;
         let keys: Vec<String> = inputs.iter().map(|c| input_key(&c.input_text())).collect();
         let mut labelled = HashMap::new();
+        let mut unanswered = HashMap::new();
         if target.exists() {
             let text = std::fs::read_to_string(&target).map_err(io(&target))?;
             for (i, l) in text.lines().enumerate() {
@@ -193,7 +197,12 @@ impl Session {
                 }
                 match line_key(l) {
                     Some(k) => {
-                        labelled.insert(k, l.to_string());
+                        let answered = serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("expected").cloned()).map(|e| !e.is_null()).unwrap_or(false);
+                        if answered {
+                            labelled.insert(k, l.to_string());
+                        } else {
+                            unanswered.insert(k, l.to_string());
+                        }
                     }
                     None => return Err(InputError::new(&target, "not a case (each line must be a JSON object with `input` or `vars`)").line(i + 1).hint("fix or remove the line, then label again").into()),
                 }
@@ -222,7 +231,10 @@ impl Session {
                 };
                 let key = v["key"].as_str().unwrap_or("").to_string();
                 match v["event"].as_str() {
-                    Some("label") => steps.push(Step::Label { key }),
+                    Some("label") => match v["previous"].as_str() {
+                        Some(p) => steps.push(Step::Relabel { key, previous: p.to_string() }),
+                        None => steps.push(Step::Label { key }),
+                    },
                     Some("relabel") => steps.push(Step::Relabel { key, previous: v["previous"].as_str().unwrap_or("").to_string() }),
                     Some("skip") => steps.push(Step::Skip { key }),
                     Some("undo") => {
@@ -252,6 +264,7 @@ impl Session {
             who: who.to_string(),
             keys,
             labelled,
+            unanswered,
             skipped,
             other: other_keys,
             steps,
@@ -371,6 +384,11 @@ impl Session {
     /// `expected`, and the input's `id` and `tags` when it had them.
     fn case_line(&self, i: usize, expected: &Value) -> String {
         let c = &self.inputs[i];
+        // Completing a line already in the file keeps everything it had.
+        if let Some(Value::Object(mut m)) = self.unanswered.get(&self.keys[i]).and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+            m.insert("expected".into(), expected.clone());
+            return Value::Object(m).to_string();
+        }
         let mut m = Map::new();
         if c.vars.len() == 1 && c.vars.contains_key("input") {
             m.insert("input".into(), c.vars["input"].clone());
@@ -393,12 +411,14 @@ impl Session {
         let line = self.case_line(i, &expected);
         let key = self.keys[i].clone();
         let extra = json!({"suggested": suggested.is_some(), "accepted_suggestion": suggested == Some(&expected), "dataset": self.target.display().to_string()});
-        match self.labelled.get(&key).cloned() {
+        match self.labelled.get(&key).or(self.unanswered.get(&key)).cloned() {
             Some(previous) => {
                 self.replace_line(&key, Some(&line))?;
                 let mut e = extra;
                 e["previous"] = json!(previous);
-                self.journal("relabel", i, e)?;
+                // Completing a line without an answer is a first answer; an
+                // answer replacing an answer is a relabel. Both undo to `previous`.
+                self.journal(if self.labelled.contains_key(&key) { "relabel" } else { "label" }, i, e)?;
                 self.steps.push(Step::Relabel { key: key.clone(), previous });
             }
             None => {
@@ -440,7 +460,11 @@ impl Session {
             }
             Step::Relabel { previous, .. } => {
                 self.replace_line(&key, Some(previous))?;
-                self.labelled.insert(key.clone(), previous.clone());
+                if self.unanswered.contains_key(&key) {
+                    self.labelled.remove(&key);
+                } else {
+                    self.labelled.insert(key.clone(), previous.clone());
+                }
             }
             Step::Skip { .. } => {
                 self.skipped.remove(&key);
@@ -617,6 +641,22 @@ mod tests {
         // Labelling the eval set refuses what is in the examples.
         let e = Session::open(&t, &inputs, Role::Eval, "ana").unwrap();
         assert!(matches!(e.status(0), Status::Blocked(_)));
+    }
+
+    #[test]
+    fn completes_an_eval_set_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = task(dir.path(), "classification");
+        let ev = dir.path().join("data/eval.jsonl");
+        std::fs::write(&ev, "{\"input\": \"a\", \"expected\": \"billing\", \"tags\": [\"x\"]}\n{\"id\": \"k\", \"input\": \"b\"}\n").unwrap();
+        let mut s = Session::open(&t, &ev, Role::Eval, "ana").unwrap();
+        assert_eq!(s.resume_position(), Some(1));
+        s.save(1, json!("other"), None).unwrap();
+        assert_eq!(std::fs::read_to_string(&ev).unwrap().lines().nth(1).unwrap(), "{\"id\":\"k\",\"input\":\"b\",\"expected\":\"other\"}");
+        assert_eq!(s.resume_position(), None);
+        s.undo().unwrap();
+        assert_eq!(std::fs::read_to_string(&ev).unwrap().lines().nth(1).unwrap(), "{\"id\": \"k\", \"input\": \"b\"}");
+        assert_eq!(s.resume_position(), Some(1));
     }
 
     #[test]

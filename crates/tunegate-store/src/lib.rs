@@ -707,8 +707,26 @@ impl Store {
         self.sql(rows)
     }
 
-    /// Every review in the store with its session's sides: the advisor's
-    /// evidence that people have judged outputs.
+    /// The newest review session that holds at least one review.
+    pub fn latest_review_session(&self) -> Result<Option<ReviewSession>> {
+        let r = self
+            .conn
+            .query_row(
+                "SELECT s.id, s.side_a, s.side_b, s.seed, s.created_at FROM review_sessions s WHERE EXISTS (SELECT 1 FROM reviews r WHERE r.session_id = s.id) ORDER BY s.created_at DESC, s.rowid DESC LIMIT 1",
+                [],
+                |r| Ok(ReviewSession { id: r.get(0)?, side_a: r.get(1)?, side_b: r.get(2)?, seed: r.get::<_, i64>(3)? as u64, created_at: r.get(4)? }),
+            )
+            .optional();
+        self.sql(r)
+    }
+
+    pub fn judge_verdict_count(&self) -> Result<u64> {
+        let r = self.conn.query_row("SELECT COUNT(*) FROM judge_verdicts WHERE verdict IS NOT NULL", [], |r| r.get::<_, i64>(0));
+        self.sql(r).map(|n| n as u64)
+    }
+
+    /// Every review in the store: the advisor's evidence that people have
+    /// judged outputs.
     pub fn review_count(&self) -> Result<u64> {
         let r = self.conn.query_row("SELECT COUNT(*) FROM reviews", [], |r| r.get::<_, i64>(0));
         self.sql(r).map(|n| n as u64)
