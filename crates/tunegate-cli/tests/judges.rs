@@ -233,6 +233,8 @@ fn llm_rubric_grades_through_the_cache_and_garbage_is_an_error_not_a_pass() {
     let out = text(&o);
     assert!(out.contains("6/6") && out.contains("0/6"), "{out}");
     assert_eq!(calls(), 12, "the rerun graded from the cache");
+    // Grader calls are accounted apart from the model's, cost included.
+    assert!(out.contains("graders: 12 grades (12 from the cache) · grader calls 0 · grader cost $0") && out.contains("provider calls 0"), "{out}");
 
     // A grader that answers prose: every case is an error, none a pass.
     write_script(dir.path(), "grader.py", "import sys\nsys.stdin.read()\nprint('Looks good to me!')\n");

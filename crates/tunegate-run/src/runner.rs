@@ -75,6 +75,10 @@ pub struct RunOutcome {
     pub provider_calls: u64,
     pub retries: u64,
     pub errors: u64,
+    /// Calls to `llm-rubric` graders (counted apart from the model's) and
+    /// grades read from the cache.
+    pub grader_calls: u64,
+    pub grader_cache_hits: u64,
     pub interrupted: bool,
     pub wall_s: f64,
 }
@@ -106,6 +110,7 @@ enum WriteMsg {
     Row(Box<ResultRow>, Vec<(String, String, CachedResponse)>),
 }
 
+#[derive(Default)]
 struct Counters {
     cache_hits: AtomicU64,
     calls: AtomicU64,
@@ -201,7 +206,8 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     // The writer: one thread, one connection, group commits of whatever has
     // arrived. Sinks hear of a result only once it is durable.
     let (tx, rx) = std::sync::mpsc::sync_channel::<WriteMsg>(4096);
-    let counters = Arc::new(Counters { cache_hits: AtomicU64::new(0), calls: AtomicU64::new(0), retries: AtomicU64::new(0), errors: AtomicU64::new(0), completed: AtomicU64::new(0) });
+    let counters = Arc::new(Counters::default());
+    let grader_counters = Arc::new(Counters::default());
     let writer = {
         let path = opts.store_path.clone();
         let sinks = sinks.clone();
@@ -275,6 +281,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
                         slot: slot.clone(),
                         scorer: prep.scorer.clone(),
                         graders: graders.clone(),
+                        grader_counters: grader_counters.clone(),
                         run_id: run_id.clone(),
                         tx: tx.clone(),
                         reader: reader.clone(),
@@ -309,6 +316,8 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
         provider_calls: counters.calls.load(Ordering::Relaxed),
         retries: counters.retries.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
+        grader_calls: grader_counters.calls.load(Ordering::Relaxed),
+        grader_cache_hits: grader_counters.cache_hits.load(Ordering::Relaxed),
         interrupted,
         wall_s: started.elapsed().as_secs_f64(),
     })
@@ -323,6 +332,7 @@ struct Job {
     slot: Arc<ProviderSlot>,
     scorer: tunegate_core::Scorer,
     graders: Arc<HashMap<String, Arc<ProviderSlot>>>,
+    grader_counters: Arc<Counters>,
     run_id: String,
     tx: std::sync::mpsc::SyncSender<WriteMsg>,
     reader: Arc<Mutex<Store>>,
@@ -446,7 +456,7 @@ impl Job {
                 grades.insert(req.index, GraderReply { output: Err(format!("grader `{}` was not built", req.grader.id)), detail: Value::Null });
                 continue;
             };
-            let call = call_cached(slot, &self.reader, req.messages, 0, &self.opts, &self.counters).await;
+            let call = call_cached(slot, &self.reader, req.messages, 0, &self.opts, &self.grader_counters).await;
             let detail = json!({
                 "grader": slot.provider.name(),
                 "cached": call.cached,
@@ -571,8 +581,7 @@ impl Caller {
     pub fn new(provider: Arc<dyn Provider>, spec: ProviderSpec, opts: RunOptions) -> Result<Caller, RunError> {
         let limiter = spec.rate_limit.map(|r| RateLimiter { interval: Duration::from_secs_f64(1.0 / r), next: tokio::sync::Mutex::new(Instant::now()) });
         let reader = Mutex::new(Store::open(&opts.store_path)?);
-        let counters = Counters { cache_hits: AtomicU64::new(0), calls: AtomicU64::new(0), retries: AtomicU64::new(0), errors: AtomicU64::new(0), completed: AtomicU64::new(0) };
-        Ok(Caller { slot: ProviderSlot { provider, spec, limiter }, reader, opts, counters })
+        Ok(Caller { slot: ProviderSlot { provider, spec, limiter }, reader, opts, counters: Counters::default() })
     }
 
     pub fn name(&self) -> &str {
