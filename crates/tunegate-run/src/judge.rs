@@ -41,11 +41,14 @@ pub fn paired_outputs(store: &Store, a: &Side, b: &Side) -> Result<(Vec<PairedOu
         Ok(m)
     };
     let (ma, mb) = (collect(a)?, collect(b)?);
+    // A row has an output to compare unless the model's call failed; a
+    // case whose *grader* failed still has the model's output.
+    let usable = |r: &tunegate_store::ResultRow| r.output.is_some() && (r.error.is_none() || r.error_kind.as_deref() == Some("grader"));
     let mut out = vec![];
     let mut unpaired = 0;
     for (id, ra) in &ma {
-        match (mb.get(id), &ra.output, ra.error.is_none()) {
-            (Some(rb), Some(oa), true) if rb.error.is_none() && rb.output.is_some() => out.push(PairedOutput {
+        match (mb.get(id), &ra.output, usable(ra)) {
+            (Some(rb), Some(oa), true) if usable(rb) => out.push(PairedOutput {
                 case_id: id.clone(),
                 line: ra.case_line,
                 input: ra.input.clone(),
