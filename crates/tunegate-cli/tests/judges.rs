@@ -358,3 +358,9 @@ fn agreement_of_judges_with_people() {
     let o = tg(&["review", &format!("{run}:alpha@echo"), &format!("{run}:beta@echo"), "--agreement", "--judge", "exec:python3 judge.py"], dir.path());
     assert!(text(&o).contains("Agreement: 8 of 8"), "{}", text(&o));
 }
+
+#[test]
+fn the_readme_shows_the_grading_prompt_as_it_is() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    assert!(readme.contains(tunegate_core::judge::DEFAULT_RUBRIC_PROMPT), "README.md's grading prompt differs from DEFAULT_RUBRIC_PROMPT");
+}
