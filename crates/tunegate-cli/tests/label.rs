@@ -268,3 +268,29 @@ fn the_advisor_sends_people_to_label_and_counts_what_they_wrote() {
     let a = advise(dir.path());
     assert!(a["reasons"].to_string().contains("7 of 10 eval cases have an expected output") && a["reasons"].to_string().contains("2 written by people with `tunegate label`"), "{}", a["reasons"]);
 }
+
+#[test]
+fn tui_extraction_fields_are_prefilled_from_the_suggestion_and_editable() {
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), "extraction", &["order A-1 for 12 dollars".to_string(), "order B-2 for 5 dollars".to_string()]);
+    std::fs::write(dir.path().join("schema.json"), r#"{"type": "object", "properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}, "note": {"type": "string"}}}"#).unwrap();
+    std::fs::write(dir.path().join("model.sh"), "read line; case \"$line\" in *A-1*) echo '{\"order_id\": \"A-1\", \"amount\": 12}';; *) echo '{\"order_id\": \"B-2\", \"amount\": 5}';; esac\n").unwrap();
+    let y = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap().replace("  kind: extraction\n", "  kind: extraction\n  output_schema: schema.json\n").replace("  - id: echo\n", "  - id: exec:sh model.sh\n    label: model\n");
+    std::fs::write(dir.path().join("tunegate.yaml"), y).unwrap();
+    let mut t = Term::start(dir.path(), &["label", "inputs.jsonl", "--suggest", "p@model"]);
+    t.wait_for(&["Input 1 of 2", "> order_id: A-1", "amount: 12", "note:"]);
+    // Tab to `amount`, change 12 to 13, Tab to `note`, type one; save.
+    t.keys("\t\x7f\x7f13\tpaid\x13");
+    t.wait_for(&["Input 2 of 2", "> order_id: B-2"]);
+    // Accept the second suggestion as it is.
+    t.keys("\x13");
+    t.wait_for(&["Every input is answered"]);
+    t.keys("\x11"); // Ctrl-Q
+    t.wait_exit();
+    let rows = dataset(dir.path());
+    assert_eq!(rows[0]["expected"], serde_json::json!({"order_id": "A-1", "amount": 13, "note": "paid"}));
+    assert_eq!(rows[1]["expected"], serde_json::json!({"order_id": "B-2", "amount": 5, "note": null}));
+    let prov = std::fs::read_to_string(dir.path().join("data/examples.jsonl.provenance.jsonl")).unwrap();
+    let ev: Vec<serde_json::Value> = prov.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((ev[0]["accepted_suggestion"].as_bool(), ev[0]["suggested"].as_bool()), (Some(false), Some(true)));
+}
