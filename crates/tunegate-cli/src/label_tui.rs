@@ -352,7 +352,7 @@ fn draw(f: &mut ratatui::Frame, ui: &Ui, session: &Session) {
                     style = style.add_modifier(Modifier::REVERSED);
                 }
                 let count = session.counts().per_label.get(l).copied().unwrap_or(0);
-                lines.push(Line::from(vec![Span::styled(format!(" {} ", key_for_label(k).unwrap_or('?')), Style::new().bold()), Span::styled(format!("{l}"), style), Span::raw(format!("  ({count})"))]));
+                lines.push(Line::from(vec![Span::styled(format!(" {} ", key_for_label(k).unwrap_or('?')), Style::new().bold()), Span::styled(l.to_string(), style), Span::raw(format!("  ({count})"))]));
             }
             if let Some(s) = &sugg {
                 lines.push(Line::from(format!("suggested: {s} (Enter accepts)")).italic());

@@ -800,7 +800,7 @@ mod tests {
         s.delete_review("s1", "c2").unwrap();
         assert_eq!(s.review_count().unwrap(), 1);
         let j = JudgeVerdictRow { side_a: "r1:p@x".into(), side_b: "r2:p@x".into(), case_id: "c1".into(), judge: "j".into(), verdict: Some("tie".into()), first_order: Some("A".into()), second_order: Some("A".into()), error: None, created_at: now() };
-        s.insert_judge_verdicts(&[j.clone()]).unwrap();
+        s.insert_judge_verdicts(std::slice::from_ref(&j)).unwrap();
         assert_eq!(s.judge_verdicts("r1:p@x", "r2:p@x").unwrap(), vec![j]);
     }
 }
