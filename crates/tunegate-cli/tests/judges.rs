@@ -262,6 +262,11 @@ fn llm_rubric_grades_through_the_cache_and_garbage_is_an_error_not_a_pass() {
     let o = tg(&["eval", "--no-progress"], dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("tunegate.yaml:") && text(&o).contains("needs a `provider`"), "{}", text(&o));
+    // A typo inside a grader entry names the key.
+    task(dir.path(), 6, "assert:\n  - type: llm-rubric\n    value: x\n    provider: { id: \"exec:cat\", temprature: 0 }\n");
+    let o = tg(&["eval", "--no-progress"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("tunegate.yaml:") && text(&o).contains("unknown field `temprature`"), "{}", text(&o));
     // The default grading prompt is visible.
     let o = tg(&["eval", "--show-grader-prompt"], dir.path());
     assert!(text(&o).contains("<rubric>") && text(&o).contains("\"pass\""), "{}", text(&o));

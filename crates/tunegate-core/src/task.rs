@@ -187,11 +187,24 @@ pub struct AssertSpec {
 }
 
 /// A grader named by its id alone, or configured like any provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum GraderSpec {
     Id(String),
     Full(Box<ProviderSpec>),
+}
+
+/// By hand rather than `untagged`, so that a typo inside a provider entry
+/// says which key is wrong instead of "did not match any variant".
+impl<'de> Deserialize<'de> for GraderSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(GraderSpec::Id(s)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value::<ProviderSpec>(v).map(|p| GraderSpec::Full(Box::new(p))).map_err(|e| D::Error::custom(format!("provider: {e}"))),
+            _ => Err(D::Error::custom("provider: give a provider id (`openai:gpt-4o-mini`) or a provider entry ({ id: ..., base_url: ... })")),
+        }
+    }
 }
 
 impl GraderSpec {
