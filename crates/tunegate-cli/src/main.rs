@@ -13,6 +13,7 @@ mod label_tui;
 mod model;
 mod quickstart;
 mod review;
+mod review_tui;
 mod serve;
 mod serve_ft;
 mod tune;

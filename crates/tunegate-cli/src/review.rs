@@ -43,6 +43,10 @@ pub struct ReviewArgs {
     /// Significance level of the sign test.
     #[arg(long, default_value_t = 0.05)]
     pub alpha: f64,
+    /// Line by line on stdin/stdout instead of the side-by-side terminal UI
+    /// (the default when stdin or stdout is not a terminal).
+    #[arg(long)]
+    pub no_tui: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
@@ -106,10 +110,15 @@ pub fn run(a: ReviewArgs) -> Result<ExitCode> {
     };
     if !a.summary {
         let reviewer = a.reviewer.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
-        let stdin = std::io::stdin();
-        let mut input = stdin.lock();
-        let mut out = std::io::stdout().lock();
-        interactive(&store, &session, &pairs, &reviewer, &mut input, &mut out)?;
+        use std::io::IsTerminal;
+        if !a.no_tui && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            crate::review_tui::run(Reviewing::new(&store, &session, &pairs, &reviewer)?)?;
+        } else {
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let mut out = std::io::stdout().lock();
+            interactive(&store, &session, &pairs, &reviewer, &mut input, &mut out)?;
+        }
     }
     let reviews = store.reviews(&session.id)?;
     let stats = preference_stats(&Tally::from_verdicts(reviews.iter().filter_map(|r| Verdict::parse(&r.verdict)).collect::<Vec<_>>().iter()), a.alpha);
@@ -138,20 +147,90 @@ fn clip_block(s: &str, max_lines: usize) -> String {
 
 const HELP: &str = "1 = first is better, 2 = second is better, t = tie, x = both bad (a note may follow: `2 first one invents a date`); s = skip, u = undo the last answer, q = quit";
 
+/// The state of a review session shared by the line mode and the terminal
+/// UI: the cases still to review, in order. Every answer is committed to the
+/// store before the next case is shown.
+pub struct Reviewing<'a> {
+    pub store: &'a Store,
+    pub session: &'a ReviewSession,
+    pub pairs: &'a [PairedOutput],
+    pub reviewer: String,
+    pending: VecDeque<usize>,
+}
+
+/// What a case looks like to the reviewer: the outputs in the hidden order.
+pub struct Shown<'a> {
+    pub pair: &'a PairedOutput,
+    pub a_first: bool,
+    pub first: &'a str,
+    pub second: &'a str,
+}
+
+impl<'a> Reviewing<'a> {
+    pub fn new(store: &'a Store, session: &'a ReviewSession, pairs: &'a [PairedOutput], reviewer: &str) -> Result<Reviewing<'a>> {
+        let done: std::collections::HashSet<String> = store.reviews(&session.id)?.into_iter().map(|r| r.case_id).collect();
+        let pending = (0..pairs.len()).filter(|i| !done.contains(&pairs[*i].case_id)).collect();
+        Ok(Reviewing { store, session, pairs, reviewer: reviewer.to_string(), pending })
+    }
+
+    pub fn current(&self) -> Option<Shown<'a>> {
+        let &i = self.pending.front()?;
+        let p = &self.pairs[i];
+        let af = a_first(self.session.seed, &p.case_id);
+        let (first, second) = if af { (p.output_a.as_str(), p.output_b.as_str()) } else { (p.output_b.as_str(), p.output_a.as_str()) };
+        Some(Shown { pair: p, a_first: af, first, second })
+    }
+
+    pub fn reviewed(&self) -> Result<usize> {
+        Ok(self.store.reviews(&self.session.id)?.len())
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn answer(&mut self, choice: Choice, note: Option<String>) -> Result<()> {
+        let Some(c) = self.current() else { return Ok(()) };
+        self.store.upsert_review(&ReviewRow {
+            session_id: self.session.id.clone(),
+            case_id: c.pair.case_id.clone(),
+            a_first: c.a_first,
+            choice: choice.as_str().into(),
+            verdict: choice.unblind(c.a_first).as_str().into(),
+            note,
+            reviewer: self.reviewer.clone(),
+            created_at: tunegate_store::now(),
+        })?;
+        self.pending.pop_front();
+        Ok(())
+    }
+
+    /// Skips the case for this session (it comes back next time).
+    pub fn skip(&mut self) {
+        self.pending.pop_front();
+    }
+
+    /// Removes the last answer of the session; its case is shown next.
+    pub fn undo(&mut self) -> Result<Option<String>> {
+        let Some(last) = self.store.reviews(&self.session.id)?.pop() else { return Ok(None) };
+        self.store.delete_review(&self.session.id, &last.case_id)?;
+        if let Some(j) = self.pairs.iter().position(|x| x.case_id == last.case_id) {
+            self.pending.retain(|&k| k != j);
+            self.pending.push_front(j);
+        }
+        Ok(Some(last.case_id))
+    }
+}
+
 /// The line-oriented review loop: one case, one line of input. Reads until
 /// every case is reviewed, `q`, or the end of the input.
 pub fn interactive(store: &Store, session: &ReviewSession, pairs: &[PairedOutput], reviewer: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<()> {
-    let done: std::collections::HashSet<String> = store.reviews(&session.id)?.into_iter().map(|r| r.case_id).collect();
-    let mut pending: VecDeque<usize> = (0..pairs.len()).filter(|i| !done.contains(&pairs[*i].case_id)).collect();
+    let mut r = Reviewing::new(store, session, pairs, reviewer)?;
     let total = pairs.len();
-    writeln!(out, "Blind review: {} cases, {} already reviewed in session {}.\n{HELP}", total, total - pending.len(), session.id)?;
+    writeln!(out, "Blind review: {} cases, {} already reviewed in session {}.\n{HELP}", total, total - r.remaining(), session.id)?;
     let mut line = String::new();
-    while let Some(&i) = pending.front() {
-        let p = &pairs[i];
-        let af = a_first(session.seed, &p.case_id);
-        let (first, second) = if af { (&p.output_a, &p.output_b) } else { (&p.output_b, &p.output_a) };
-        let reviewed = store.reviews(&session.id)?.len();
-        writeln!(out, "\n[{}/{}] case {} (line {})\nInput:\n{}\n── 1 ──\n{}\n── 2 ──\n{}", reviewed + 1, total, p.case_id, p.line, clip_block(&p.input, 20), clip_block(first, 30), clip_block(second, 30))?;
+    while let Some(c) = r.current() {
+        writeln!(out, "\n[{}/{}] case {} (line {})\nInput:\n{}\n── 1 ──\n{}\n── 2 ──\n{}", r.reviewed()? + 1, total, c.pair.case_id, c.pair.line, clip_block(&c.pair.input, 20), clip_block(c.first, 30), clip_block(c.second, 30))?;
         write!(out, "Which is better? [1/2/t/x, s, u, q] > ")?;
         out.flush()?;
         line.clear();
@@ -170,20 +249,13 @@ pub fn interactive(store: &Store, session: &ReviewSession, pairs: &[PairedOutput
             "t" | "tie" => Choice::Tie,
             "x" | "bad" => Choice::BothBad,
             "s" | "skip" => {
-                pending.pop_front();
+                r.skip();
                 writeln!(out, "skipped (it comes back next session)")?;
                 continue;
             }
             "u" | "undo" => {
-                match store.reviews(&session.id)?.pop() {
-                    Some(last) => {
-                        store.delete_review(&session.id, &last.case_id)?;
-                        if let Some(j) = pairs.iter().position(|x| x.case_id == last.case_id) {
-                            pending.retain(|&k| k != j);
-                            pending.push_front(j);
-                        }
-                        writeln!(out, "undone: the answer for case {} is removed", last.case_id)?;
-                    }
+                match r.undo()? {
+                    Some(id) => writeln!(out, "undone: the answer for case {id} is removed")?,
                     None => writeln!(out, "nothing to undo")?,
                 }
                 continue;
@@ -197,20 +269,9 @@ pub fn interactive(store: &Store, session: &ReviewSession, pairs: &[PairedOutput
                 continue;
             }
         };
-        let verdict = choice.unblind(af);
-        store.upsert_review(&ReviewRow {
-            session_id: session.id.clone(),
-            case_id: p.case_id.clone(),
-            a_first: af,
-            choice: choice.as_str().into(),
-            verdict: verdict.as_str().into(),
-            note,
-            reviewer: reviewer.into(),
-            created_at: tunegate_store::now(),
-        })?;
-        pending.pop_front();
+        r.answer(choice, note)?;
     }
-    if pending.is_empty() {
+    if r.remaining() == 0 {
         writeln!(out, "\nEvery case is reviewed.")?;
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! garbage, one that always prefers the first position), and the agreement
 //! of a judge with people.
 
+mod tui;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -368,4 +369,65 @@ fn agreement_of_judges_with_people() {
 fn the_readme_shows_the_grading_prompt_as_it_is() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
     assert!(readme.contains(tunegate_core::judge::DEFAULT_RUBRIC_PROMPT), "README.md's grading prompt differs from DEFAULT_RUBRIC_PROMPT");
+}
+
+/// Which column shows B's (`beta`) output on the side-by-side screen.
+fn beta_column(t: &tui::Term) -> &'static str {
+    let screen = t.contents();
+    let line = screen.lines().find(|l| l.contains("beta message")).unwrap_or_else(|| panic!("no output on screen:\n{screen}"));
+    let chars: Vec<char> = line.chars().collect();
+    let col = chars.windows(4).position(|w| w.iter().collect::<String>() == "beta").unwrap();
+    if col < (tui::COLS / 2) as usize {
+        "1"
+    } else {
+        "2"
+    }
+}
+
+#[test]
+fn side_by_side_review_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), 6, "");
+    let run = eval(dir.path());
+    let (a, b) = (format!("{run}:alpha@echo"), format!("{run}:beta@echo"));
+    let mut t = tui::Term::start(dir.path(), &["review", &a, &b, "--reviewer", "ana"]);
+    t.wait_for(&["Case 1 of 6", "(line 1)", " 1 ", " 2 ", "1 / 2 better"]);
+    assert!(!t.contents().contains("alpha@echo") && !t.contents().contains("beta@echo"), "the sides are named on screen");
+    let mut cols = vec![];
+    // A note, then the verdict it goes with.
+    t.keys("n");
+    t.wait_for(&["note:"]);
+    t.keys("clearer\r");
+    let c = beta_column(&t);
+    cols.push(c);
+    t.keys(c);
+    t.wait_for(&["(line 2)", "Case 2 of 6"]);
+    // A slip, undone.
+    let c = beta_column(&t);
+    cols.push(c);
+    t.keys(if c == "1" { "2" } else { "1" });
+    t.wait_for(&["(line 3)"]);
+    t.keys("u");
+    t.wait_for(&["(line 2)", "undone"]);
+    t.keys(c);
+    t.wait_for(&["(line 3)", "Case 3 of 6"]);
+    // Skip line 3, answer the rest.
+    t.keys("s");
+    t.wait_for(&["(line 4)", "skipped"]);
+    for line in 4..=6 {
+        let c = beta_column(&t);
+        cols.push(c);
+        t.keys(c);
+        if line < 6 {
+            t.wait_for(&[&format!("(line {})", line + 1)]);
+        }
+    }
+    t.wait_for(&["Done", "reviewed 5 of 6"]);
+    t.keys("q");
+    t.wait_exit();
+    assert!(cols.contains(&"1") && cols.contains(&"2"), "the order never changed: {cols:?}");
+    let s = summary(dir.path(), &run);
+    assert_eq!(s["reviewed"], 5);
+    assert_eq!((s["stats"]["b_wins"].as_u64(), s["stats"]["a_wins"].as_u64()), (Some(5), Some(0)), "{s}");
+    assert!(s["reviews"].as_array().unwrap().iter().any(|r| r["note"] == "clearer" && r["reviewer"] == "ana"), "{s}");
 }
