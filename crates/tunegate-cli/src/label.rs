@@ -133,7 +133,11 @@ pub fn run(a: LabelArgs) -> Result<ExitCode> {
 
 /// One line: progress and per-label counts.
 pub fn progress_line(session: &Session, i: usize) -> String {
-    let c = session.counts();
+    progress_with(session, &session.counts(), i)
+}
+
+/// [`progress_line`] from counts already made (a frame computes them once).
+pub fn progress_with(session: &Session, c: &tunegate_core::label::Counts, i: usize) -> String {
     let mut s = format!("Input {} of {} · answered {} · skipped {}", i + 1, c.total, c.labelled, c.skipped);
     if c.blocked > 0 {
         s.push_str(&format!(" · refused {}", c.blocked));

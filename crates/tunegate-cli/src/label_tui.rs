@@ -5,7 +5,7 @@
 //! answer or the suggestion. Every save goes to disk before the next
 //! screen is drawn.
 
-use crate::label::{after, err, progress_line, show_value, suggestion, Suggester};
+use crate::label::{after, err, progress_with, show_value, suggestion, Suggester};
 use anyhow::Result;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -327,7 +327,9 @@ fn draw(f: &mut ratatui::Frame, ui: &Ui, session: &Session) {
         f.render_widget(Paragraph::new(ui.message.as_str()), msg);
         return;
     };
-    f.render_widget(Paragraph::new(progress_line(session, i)).bold(), top);
+    // One pass over the inputs per frame, shared by the header and the labels.
+    let counts = session.counts();
+    f.render_widget(Paragraph::new(progress_with(session, &counts, i)).bold(), top);
     let case = &session.inputs[i];
     let status = match session.status(i) {
         Status::Labelled(v) => format!(" answered: {} ", show_value(&v)),
@@ -351,7 +353,7 @@ fn draw(f: &mut ratatui::Frame, ui: &Ui, session: &Session) {
                 if sugg.as_deref() == Some(l.as_str()) {
                     style = style.add_modifier(Modifier::REVERSED);
                 }
-                let count = session.counts().per_label.get(l).copied().unwrap_or(0);
+                let count = counts.per_label.get(l).copied().unwrap_or(0);
                 lines.push(Line::from(vec![Span::styled(format!(" {} ", key_for_label(k).unwrap_or('?')), Style::new().bold()), Span::styled(l.to_string(), style), Span::raw(format!("  ({count})"))]));
             }
             if let Some(s) = &sugg {

@@ -116,7 +116,8 @@ pub fn run(a: ReviewArgs) -> Result<ExitCode> {
         } else {
             let stdin = std::io::stdin();
             let mut input = stdin.lock();
-            let mut out = std::io::stdout().lock();
+            // With --format json, stdout carries only the JSON summary.
+            let mut out: Box<dyn Write> = if matches!(a.format, Format::Json | Format::Jsonl) { Box::new(std::io::stderr().lock()) } else { Box::new(std::io::stdout().lock()) };
             interactive(&store, &session, &pairs, &reviewer, &mut input, &mut out)?;
         }
     }

@@ -431,3 +431,35 @@ fn side_by_side_review_in_a_terminal() {
     assert_eq!((s["stats"]["b_wins"].as_u64(), s["stats"]["a_wins"].as_u64()), (Some(5), Some(0)), "{s}");
     assert!(s["reviews"].as_array().unwrap().iter().any(|r| r["note"] == "clearer" && r["reviewer"] == "ana"), "{s}");
 }
+
+#[test]
+fn review_over_a_pipe_with_json_keeps_stdout_for_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), 4, "");
+    let run = eval(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["review", &format!("{run}:alpha@echo"), &format!("{run}:beta@echo"), "--format", "json"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1\nt\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("stdout is not JSON: {}", text(&o)));
+    assert_eq!(v["reviewed"], 2);
+    assert_eq!(v["stats"]["ties"], 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[2/4]"));
+    // A run that does not exist: exit 2, named.
+    let o = tg(&["review", "nope", &format!("{run}:beta@echo")], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("nope"), "{}", text(&o));
+    // The same side twice is refused.
+    let o = tg(&["review", &format!("{run}:beta@echo"), &format!("{run}:beta@echo")], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    // A whole run with two groups must be narrowed.
+    let o = tg(&["review", &run, &run], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("prompt@provider groups"), "{}", text(&o));
+}
