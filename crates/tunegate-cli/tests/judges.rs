@@ -463,3 +463,34 @@ fn review_over_a_pipe_with_json_keeps_stdout_for_the_summary() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("prompt@provider groups"), "{}", text(&o));
 }
+
+#[test]
+fn an_http_grader_is_retried_priced_and_its_key_stays_out_of_the_store() {
+    use tunegate_providers::testserver::{chat_completion, Reply, TestServer};
+    let key = "sk-grader-7c1e55";
+    // Every first attempt fails with 503; the retry gets a grade.
+    let srv = TestServer::start(|n, _| if n % 2 == 0 { Reply::status(503, r#"{"error":{"message":"busy"}}"#) } else { Reply::ok(chat_completion(r#"{"pass": true, "score": 0.75, "reason": "fine"}"#, 100, 10)) });
+    let dir = tempfile::tempdir().unwrap();
+    let grader = format!("{{ id: \"openai-compatible:judge\", base_url: \"{}/v1\", api_key_env: GRADER_KEY, price: {{ input_per_mtok: 2, output_per_mtok: 4 }} }}", srv.url());
+    task(dir.path(), 2, &format!("assert:\n  - type: llm-rubric\n    value: Anything.\n    provider: {grader}\n"));
+    let yaml = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap().replace("  - id: beta\n    template: \"beta {{ input }}\"\n", "");
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["eval", "--no-progress", "--concurrency", "1", "--format", "json"]).current_dir(dir.path()).env("GRADER_KEY", key).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let g = &v["summary"]["groups"][0]["graders"];
+    assert_eq!((g["grades"].as_u64(), g["prompt_tokens"].as_u64(), g["completion_tokens"].as_u64()), (Some(2), Some(200), Some(20)), "{v}");
+    // 2 x (100 x $2 + 10 x $4) per million tokens.
+    assert!((g["cost_usd"].as_f64().unwrap() - 0.00048).abs() < 1e-12, "{g}");
+    assert_eq!(srv.requests.lock().unwrap().len(), 4, "one retry per grade");
+    let run = v["run_id"].as_str().unwrap();
+    let store = tunegate_store::Store::open(&tunegate_store::store_path_for(&dir.path().join("tunegate.yaml"))).unwrap();
+    for r in store.results(run, true).unwrap() {
+        assert_eq!(r.assertions[0]["detail"]["attempts"], 2);
+        assert!((r.score.unwrap() - 0.75).abs() < 1e-12);
+        assert!(!serde_json::to_string(&r).unwrap().contains(key));
+    }
+    assert!(srv.requests.lock().unwrap().iter().all(|r| r.header("authorization") == Some(&format!("Bearer {key}"))));
+    let db = std::fs::read(tunegate_store::store_path_for(&dir.path().join("tunegate.yaml"))).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(key), "the key reached the store file");
+}
