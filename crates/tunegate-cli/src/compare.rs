@@ -256,7 +256,8 @@ fn judge(a: &CompareArgs, judge: &str, task_path: &std::path::Path, cs: &[Compar
                     None => writeln!(w, "Win rate of B: no decisive verdict")?,
                 }
                 writeln!(w, "Verdict: {}", s.verdict)?;
-                writeln!(w, "Judge calls: {} made, {} from the cache, {} retries", r.calls.provider_calls, r.calls.cache_hits, r.calls.retries)?;
+                let cost = r.calls.cost_usd.map(|c| format!("${c:.5}")).unwrap_or_else(|| "unknown (no price for this provider)".into());
+                writeln!(w, "Judge calls: {} made, {} from the cache, {} retries; cost {cost}", r.calls.provider_calls, r.calls.cache_hits, r.calls.retries)?;
                 for v in r.verdicts.iter().filter(|v| v.error.is_some()).take(a.limit) {
                     writeln!(w, "  error on {}: {}", v.case_id, v.error.as_deref().unwrap_or(""))?;
                 }

@@ -307,6 +307,8 @@ fn pairwise_judge_asks_both_orders_and_position_bias_cancels_out() {
     let (_, r) = judge(dir.path(), &run, "exec:python3 judge.py");
     assert_eq!(calls(), 20, "the second judgement came from the cache");
     assert_eq!(r["calls"]["cache_hits"], 20);
+    // exec providers cost $0; answers from the cache cost nothing either.
+    assert_eq!(r["calls"]["cost_usd"], 0.0);
 
     // Always "A" (the first position): every pair is inconsistent, a tie.
     let (code, r) = judge(dir.path(), &run, "exec:sh first.sh");

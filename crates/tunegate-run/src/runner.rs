@@ -567,6 +567,8 @@ pub struct Caller {
     reader: Mutex<Store>,
     opts: RunOptions,
     counters: Counters,
+    /// (US$ of the calls made, whether a call had no known price).
+    cost: Mutex<(f64, bool)>,
 }
 
 /// What a [`Caller`] did: calls made, cache hits, retries.
@@ -575,13 +577,16 @@ pub struct CallerStats {
     pub provider_calls: u64,
     pub cache_hits: u64,
     pub retries: u64,
+    /// What the calls made cost (answers from the cache cost nothing);
+    /// None when the provider's price is unknown.
+    pub cost_usd: Option<f64>,
 }
 
 impl Caller {
     pub fn new(provider: Arc<dyn Provider>, spec: ProviderSpec, opts: RunOptions) -> Result<Caller, RunError> {
         let limiter = spec.rate_limit.map(|r| RateLimiter { interval: Duration::from_secs_f64(1.0 / r), next: tokio::sync::Mutex::new(Instant::now()) });
         let reader = Mutex::new(Store::open(&opts.store_path)?);
-        Ok(Caller { slot: ProviderSlot { provider, spec, limiter }, reader, opts, counters: Counters::default() })
+        Ok(Caller { slot: ProviderSlot { provider, spec, limiter }, reader, opts, counters: Counters::default(), cost: Mutex::new((0.0, false)) })
     }
 
     pub fn name(&self) -> &str {
@@ -593,6 +598,14 @@ impl Caller {
     /// next time).
     pub async fn call(&self, messages: Vec<tunegate_core::Message>, cache_if: impl Fn(&str) -> bool) -> Result<CallOutcome, RunError> {
         let out = call_cached(&self.slot, &self.reader, messages, 0, &self.opts, &self.counters).await;
+        if let (false, Ok(r)) = (out.cached, &out.result) {
+            if let Ok(mut c) = self.cost.lock() {
+                match r.cost_usd {
+                    Some(x) => c.0 += x,
+                    None => c.1 = true,
+                }
+            }
+        }
         if let (Some(c), Ok(r)) = (&out.to_cache, &out.result) {
             if cache_if(&r.output) {
                 let mut store = self.reader.lock().map_err(|_| RunError::Resume("the store lock was poisoned".into()))?;
@@ -603,7 +616,13 @@ impl Caller {
     }
 
     pub fn stats(&self) -> CallerStats {
-        CallerStats { provider_calls: self.counters.calls.load(Ordering::Relaxed), cache_hits: self.counters.cache_hits.load(Ordering::Relaxed), retries: self.counters.retries.load(Ordering::Relaxed) }
+        let (cost, unknown) = self.cost.lock().map(|c| *c).unwrap_or((0.0, true));
+        CallerStats {
+            provider_calls: self.counters.calls.load(Ordering::Relaxed),
+            cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            cost_usd: if unknown { None } else { Some(cost) },
+        }
     }
 }
 
