@@ -85,7 +85,7 @@ impl Ui {
 
     fn draft_value(&self, session: &Session) -> Result<Value, LabelError> {
         match session.kind {
-            TaskKind::Extraction => {
+            TaskKind::Extraction if !self.draft.fields.is_empty() => {
                 let m: Map<String, Value> = self.draft.fields.iter().map(|(k, v)| (k.clone(), field_value(v))).collect();
                 session.parse_answer(&Value::Object(m).to_string())
             }
@@ -264,7 +264,9 @@ fn editor_key(ui: &mut Ui, session: &mut Session, suggester: &mut Option<Suggest
         return Ok(true);
     }
     let d = &mut ui.draft;
-    if session.kind == TaskKind::Extraction {
+    // Without a schema or a suggestion there are no fields to offer: the
+    // answer is typed as a JSON object in the editor instead.
+    if session.kind == TaskKind::Extraction && !d.fields.is_empty() {
         match k.code {
             KeyCode::Up => d.field = d.field.saturating_sub(1),
             KeyCode::Down | KeyCode::Tab | KeyCode::Enter => d.field = (d.field + 1) % d.fields.len().max(1),
@@ -361,7 +363,7 @@ fn draw(f: &mut ratatui::Frame, ui: &Ui, session: &Session) {
             }
             (Text::from(lines), "1-9/0/A-Z label · Enter accept suggestion · s skip · u undo · b back · / search · q quit".into())
         }
-        TaskKind::Extraction => {
+        TaskKind::Extraction if !ui.draft.fields.is_empty() => {
             let lines: Vec<Line> = ui
                 .draft
                 .fields
@@ -377,7 +379,8 @@ fn draw(f: &mut ratatui::Frame, ui: &Ui, session: &Session) {
         _ => {
             let b = ui.draft.text.char_indices().nth(ui.draft.cursor).map(|(b, _)| b).unwrap_or(ui.draft.text.len());
             let shown = format!("{}▏{}", &ui.draft.text[..b], &ui.draft.text[b..]);
-            (Text::from(shown), "type the answer · Enter new line · Ctrl-S save · Ctrl-N skip · Ctrl-U undo · Ctrl-B back · Ctrl-F search · Ctrl-Q quit".into())
+            let what = if session.kind == TaskKind::Extraction { "type a JSON object (no schema fields to offer)" } else { "type the answer" };
+            (Text::from(shown), format!("{what} · Enter new line · Ctrl-S save · Ctrl-N skip · Ctrl-U undo · Ctrl-B back · Ctrl-F search · Ctrl-Q quit"))
         }
     };
     let title = match (&session.kind, &sugg) {

@@ -229,3 +229,19 @@ fn tui_extraction_fields_are_prefilled_from_the_suggestion_and_editable() {
     let ev: Vec<serde_json::Value> = prov.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!((ev[0]["accepted_suggestion"].as_bool(), ev[0]["suggested"].as_bool()), (Some(false), Some(true)));
 }
+
+#[test]
+fn tui_extraction_without_a_schema_takes_a_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), "extraction", &["ship to Oslo".to_string()]);
+    let mut t = Term::start(dir.path(), &["label", "inputs.jsonl"]);
+    t.wait_for(&["Input 1 of 1", "type a JSON object"]);
+    t.keys("not json\x13");
+    t.wait_for(&["not saved: an extraction answer must be a JSON object"]);
+    t.keys(&"\x7f".repeat(8));
+    t.keys("{\"city\": \"Oslo\"}\x13");
+    t.wait_for(&["Every input is answered"]);
+    t.keys("\x11");
+    t.wait_exit();
+    assert_eq!(dataset(dir.path()), vec![serde_json::json!({"input": "ship to Oslo", "expected": {"city": "Oslo"}})]);
+}
