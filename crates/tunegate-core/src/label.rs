@@ -97,6 +97,9 @@ pub struct Session {
     keys: Vec<String>,
     /// key -> the dataset line holding its answer.
     labelled: HashMap<String, String>,
+    /// key -> the answer in that line, parsed once (the screen asks for
+    /// every input's status at each keypress).
+    answers: HashMap<String, Value>,
     /// key -> a dataset line for the input without an expected output
     /// (an eval set being completed in place): an answer replaces it.
     unanswered: HashMap<String, String>,
@@ -118,14 +121,16 @@ fn append_durable(path: &Path, line: &str) -> Result<(), LabelError> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io(path))?;
     // A file whose last line lacks its newline (edited by hand) must not
-    // have our line glued onto it.
+    // have our line glued onto it: look at its last byte only.
     let len = f.metadata().map_err(io(path))?.len();
     let mut buf = String::new();
     if len > 0 {
-        let text = std::fs::read(path).map_err(io(path))?;
-        if text.last() != Some(&b'\n') {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1)).and_then(|_| f.read_exact(&mut last)).map_err(io(path))?;
+        if last[0] != b'\n' {
             buf.push('\n');
         }
     }
@@ -150,6 +155,11 @@ fn rewrite_atomic(path: &Path, content: &str) -> Result<(), LabelError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The `expected` of a dataset line (null when absent).
+fn expected_of(line: &str) -> Value {
+    serde_json::from_str::<Value>(line).ok().and_then(|v| v.get("expected").cloned()).unwrap_or(Value::Null)
 }
 
 /// The input key of a dataset line, when it is a case.
@@ -263,6 +273,7 @@ impl Session {
             provenance,
             who: who.to_string(),
             keys,
+            answers: labelled.iter().map(|(k, l)| (k.clone(), expected_of(l))).collect(),
             labelled,
             unanswered,
             skipped,
@@ -281,9 +292,8 @@ impl Session {
 
     pub fn status(&self, i: usize) -> Status {
         let k = &self.keys[i];
-        if let Some(l) = self.labelled.get(k) {
-            let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
-            return Status::Labelled(v.get("expected").cloned().unwrap_or(Value::Null));
+        if let Some(v) = self.answers.get(k) {
+            return Status::Labelled(v.clone());
         }
         if let Some(at) = self.other.get(k) {
             let other = if self.role == Role::Examples { "eval" } else { "examples" };
@@ -297,7 +307,12 @@ impl Session {
 
     /// The first input at or after `from` still to do (pending), if any.
     pub fn next_pending(&self, from: usize) -> Option<usize> {
-        (from..self.len()).find(|&i| self.status(i) == Status::Pending)
+        (from..self.len()).find(|&i| self.is_pending(i))
+    }
+
+    fn is_pending(&self, i: usize) -> bool {
+        let k = &self.keys[i];
+        !self.answers.contains_key(k) && !self.other.contains_key(k) && !self.skipped.contains(k)
     }
 
     /// Where a resumed session starts: the first input neither answered,
@@ -309,18 +324,26 @@ impl Session {
     /// Answered, skipped and blocked counts, and answers per label (or per
     /// value for other kinds, first 40 characters), over this input file.
     pub fn counts(&self) -> Counts {
+        // The same order of precedence as `status`, without building one.
         let mut c = Counts { total: self.len(), ..Default::default() };
-        for i in 0..self.len() {
-            match self.status(i) {
-                Status::Labelled(v) => {
-                    c.labelled += 1;
-                    if self.kind == TaskKind::Classification {
-                        *c.per_label.entry(value_text(&v)).or_default() += 1;
+        for k in &self.keys {
+            if let Some(v) = self.answers.get(k) {
+                c.labelled += 1;
+                if self.kind == TaskKind::Classification {
+                    match v {
+                        Value::String(s) => match c.per_label.get_mut(s.as_str()) {
+                            Some(n) => *n += 1,
+                            None => {
+                                c.per_label.insert(s.clone(), 1);
+                            }
+                        },
+                        other => *c.per_label.entry(value_text(other)).or_default() += 1,
                     }
                 }
-                Status::Skipped => c.skipped += 1,
-                Status::Blocked(_) => c.blocked += 1,
-                Status::Pending => {}
+            } else if self.other.contains_key(k) {
+                c.blocked += 1;
+            } else if self.skipped.contains(k) {
+                c.skipped += 1;
             }
         }
         c
@@ -428,7 +451,7 @@ impl Session {
             }
         }
         self.skipped.remove(&key);
-        self.labelled.insert(key, line);
+        self.set_labelled(key, line);
         Ok(())
     }
 
@@ -456,14 +479,14 @@ impl Session {
                 if self.labelled.contains_key(&key) {
                     self.replace_line(&key, None)?;
                 }
-                self.labelled.remove(&key);
+                self.unset_labelled(&key);
             }
             Step::Relabel { previous, .. } => {
                 self.replace_line(&key, Some(previous))?;
                 if self.unanswered.contains_key(&key) {
-                    self.labelled.remove(&key);
+                    self.unset_labelled(&key);
                 } else {
-                    self.labelled.insert(key.clone(), previous.clone());
+                    self.set_labelled(key.clone(), previous.clone());
                 }
             }
             Step::Skip { .. } => {
@@ -477,6 +500,16 @@ impl Session {
         }
         self.steps.pop();
         Ok(i)
+    }
+
+    fn set_labelled(&mut self, key: String, line: String) {
+        self.answers.insert(key.clone(), expected_of(&line));
+        self.labelled.insert(key, line);
+    }
+
+    fn unset_labelled(&mut self, key: &str) {
+        self.answers.remove(key);
+        self.labelled.remove(key);
     }
 
     /// Rewrites the dataset with the line of `key` replaced (or removed).
