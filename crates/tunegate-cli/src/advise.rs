@@ -235,18 +235,18 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
     let now = chrono::Utc::now().timestamp();
     let sp = store_path_for(path);
     let mut lab = advise::LabEvidence::default();
-    let (run, store_revs) = if sp.exists() {
+    let (run, store_revs, reviews) = if sp.exists() {
         let store = Store::open(&sp)?;
         let run = run_evidence(&store, task, run_sel)?;
         let (m, s, v) = crate::prompt::latest_reports(&store, &task.file.task.name)?;
         lab = advise::LabEvidence { minimize: m, sweep: s, vary: v };
         let revs = store.revisions()?.into_iter().filter_map(|r| Some(RevisionEvent { age_days: age_days(now, &r.recorded_at)?, kind: r.kind, name: r.name, hash: r.hash })).collect();
-        (run, revs)
+        (run, revs, review_evidence(&store)?)
     } else {
         if let Some(s) = run_sel {
             return Err(crate::commands::usage(format!("--run {s}: there is no run store yet at {}", sp.display())));
         }
-        (None, vec![])
+        (None, vec![], advise::ReviewEvidence::default())
     };
     let (git, git_note) = git_history(task, now);
     Ok(Evidence {
@@ -257,8 +257,22 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
         prices: prices(task),
         churn: ChurnEvidence { store: store_revs, git, git_note },
         lab,
+        reviews,
         notes,
     })
+}
+
+/// People's reviews and judges' verdicts in the store, for the advisor.
+fn review_evidence(store: &Store) -> Result<advise::ReviewEvidence> {
+    let latest = match store.latest_review_session()? {
+        Some(s) => {
+            let vs: Vec<tunegate_core::review::Verdict> = store.reviews(&s.id)?.iter().filter_map(|r| tunegate_core::review::Verdict::parse(&r.verdict)).collect();
+            let t = tunegate_core::review::Tally::from_verdicts(vs.iter());
+            Some(advise::ReviewTally { side_a: s.side_a, side_b: s.side_b, a_wins: t.a, b_wins: t.b, ties: t.tie, both_bad: t.both_bad })
+        }
+        None => None,
+    };
+    Ok(advise::ReviewEvidence { reviews: store.review_count()?, judge_verdicts: store.judge_verdict_count()?, latest })
 }
 
 // ------------------------------------------------------------------ printing

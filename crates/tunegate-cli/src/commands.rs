@@ -141,6 +141,9 @@ pub struct EvalArgs {
     /// Significance level for --baseline.
     #[arg(long, default_value_t = 0.05)]
     pub alpha: f64,
+    /// Print the default grading prompt of `llm-rubric` assertions and exit.
+    #[arg(long)]
+    pub show_grader_prompt: bool,
 }
 
 fn load_task(path: &PathBuf) -> Result<Task> {
@@ -148,6 +151,10 @@ fn load_task(path: &PathBuf) -> Result<Task> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<ExitCode> {
+    if a.show_grader_prompt {
+        println!("{}", tunegate_core::judge::DEFAULT_RUBRIC_PROMPT);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
             return Err(usage(format!("--threshold {t} is outside 0..1")));

@@ -31,6 +31,24 @@ pub struct CompareArgs {
     /// Regressions and improvements listed at most (text).
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Pairwise judge: a provider (an id such as `openai:gpt-4o-mini`, or a
+    /// provider name from the task file) says which output is better, asked
+    /// in both orders; inconsistent verdicts count as ties.
+    #[arg(long, value_name = "PROVIDER")]
+    pub judge: Option<String>,
+    /// The judge's prompt template (Jinja; `input`, `output_a`, `output_b`,
+    /// `criteria`, `expected`), replacing the default.
+    #[arg(long, value_name = "FILE")]
+    pub judge_prompt: Option<PathBuf>,
+    /// What "better" means, passed to the judge's prompt.
+    #[arg(long)]
+    pub criteria: Option<String>,
+    /// Print the judge's default prompt and exit.
+    #[arg(long)]
+    pub show_judge_prompt: bool,
+    /// Judge calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
 }
 
 /// Pairs what to compare: two groups, or the groups two whole runs share.
@@ -70,6 +88,10 @@ pub fn comparisons(store: &Store, a: &Side, b: &Side, alpha: f64, seed: u64) -> 
 }
 
 pub fn run(a: CompareArgs) -> Result<ExitCode> {
+    if a.show_judge_prompt {
+        println!("{}", tunegate_core::judge::DEFAULT_PAIRWISE_PROMPT);
+        return Ok(ExitCode::SUCCESS);
+    }
     if !(0.0 < a.alpha && a.alpha < 1.0) {
         return Err(usage("--alpha must be within (0, 1)"));
     }
@@ -81,6 +103,9 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
     let store = Store::open(&sp)?;
     let (sa, sb) = (resolve_side(&store, &a.a)?, resolve_side(&store, &a.b)?);
     let cs = comparisons(&store, &sa, &sb, a.alpha, a.seed)?;
+    if let Some(j) = &a.judge {
+        return judge(&a, j, &path, &cs);
+    }
     let mut w: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::fs::File::create(p)?),
         None => Box::new(std::io::stdout().lock()),
@@ -181,4 +206,65 @@ pub fn render_text(c: &Comparison, limit: usize) -> String {
     }
     s.push('\n');
     s
+}
+
+/// The judge's provider: a provider of the task file by name or id (with
+/// its configuration), else an id built with temperature 0.
+fn judge_provider(task_path: &std::path::Path, judge: &str) -> Result<(std::sync::Arc<dyn tunegate_providers::Provider>, tunegate_core::ProviderSpec)> {
+    let task = tunegate_core::Task::load(task_path).ok();
+    let spec = task
+        .as_ref()
+        .and_then(|t| t.file.providers.iter().find(|p| p.name() == judge || p.id == judge).cloned())
+        .unwrap_or_else(|| tunegate_core::task::GraderSpec::Id(judge.to_string()).provider_spec());
+    let dir = task.as_ref().map(|t| t.dir.clone()).unwrap_or_else(|| task_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf());
+    let env = |k: &str| std::env::var(k).ok();
+    let p = tunegate_providers::build(&spec, &dir, &env).map_err(|e| usage(format!("--judge {judge}: {e}")))?;
+    Ok((p, spec))
+}
+
+fn judge(a: &CompareArgs, judge: &str, task_path: &std::path::Path, cs: &[Comparison]) -> Result<ExitCode> {
+    let template = match &a.judge_prompt {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| usage(format!("--judge-prompt {}: {e}", p.display())))?),
+        None => None,
+    };
+    let (provider, spec) = judge_provider(task_path, judge)?;
+    let opts = tunegate_run::RunOptions::new(store_path_for(task_path));
+    let caller = std::sync::Arc::new(tunegate_run::Caller::new(provider, spec, opts)?);
+    let rt = crate::commands::runtime()?;
+    let o = tunegate_run::judge::PairwiseOptions { template: template.as_deref(), criteria: a.criteria.as_deref(), concurrency: a.concurrency, alpha: a.alpha };
+    let mut reports = vec![];
+    for c in cs {
+        reports.push(rt.block_on(tunegate_run::judge::pairwise(&store_path_for(task_path), &c.a, &c.b, caller.clone(), &o))?);
+    }
+    let mut w: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::fs::File::create(p)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match a.format {
+        Format::Json | Format::Jsonl => {
+            let v = if reports.len() == 1 { serde_json::to_value(&reports[0])? } else { serde_json::to_value(&reports)? };
+            writeln!(w, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        _ => {
+            for r in &reports {
+                let s = &r.stats;
+                writeln!(w, "Pairwise judge `{}`: A = {}, B = {}", r.judge, r.side_a, r.side_b)?;
+                writeln!(w, "Judged {} pairs in both orders ({} consistent, {} inconsistent counted as ties); {} error(s); {} unpaired", r.judged, r.consistent, r.judged - r.consistent, r.errors, r.unpaired)?;
+                writeln!(w, "A wins {}, B wins {}, ties {}", s.a_wins, s.b_wins, s.ties)?;
+                match s.win_rate_b {
+                    Some(x) => writeln!(w, "Win rate of B: {} of decisive verdicts (95% Wilson CI {}–{}); sign test p = {}", pct(x), pct(s.ci95.0), pct(s.ci95.1), fmt_p(s.sign_test_p))?,
+                    None => writeln!(w, "Win rate of B: no decisive verdict")?,
+                }
+                writeln!(w, "Verdict: {}", s.verdict)?;
+                let cost = r.calls.cost_usd.map(|c| format!("${c:.5}")).unwrap_or_else(|| "unknown (no price for this provider)".into());
+                writeln!(w, "Judge calls: {} made, {} from the cache, {} retries; cost {cost}", r.calls.provider_calls, r.calls.cache_hits, r.calls.retries)?;
+                for v in r.verdicts.iter().filter(|v| v.error.is_some()).take(a.limit) {
+                    writeln!(w, "  error on {}: {}", v.case_id, v.error.as_deref().unwrap_or(""))?;
+                }
+                writeln!(w)?;
+            }
+        }
+    }
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

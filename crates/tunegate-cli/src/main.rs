@@ -9,8 +9,12 @@ mod compare;
 mod data;
 mod html;
 mod init;
+mod label;
+mod label_tui;
 mod model;
 mod quickstart;
+mod review;
+mod review_tui;
 mod serve;
 mod serve_ft;
 mod tune;
@@ -78,6 +82,10 @@ enum Command {
     /// Tuned adapters: export to llama.cpp's LoRA GGUF.
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
+    /// Blind side-by-side review of two runs' outputs by a person; resumable.
+    Review(review::ReviewArgs),
+    /// Write expected outputs for raw inputs, fast: a terminal UI (or line mode); resumable.
+    Label(label::LabelArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +105,8 @@ fn main() -> ExitCode {
         Command::Model(m) => model::run(m),
         Command::Serve(a) => serve::run(a),
         Command::Tune(a) => tune::run(a),
+        Command::Review(a) => review::run(a),
+        Command::Label(a) => label::run(a),
     };
     match result {
         Ok(code) => code,

@@ -108,6 +108,18 @@ pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format,
             if o.skipped > 0 {
                 writeln!(w, "resumed: {} results were already stored and were not recomputed", o.skipped)?;
             }
+            let graded: Vec<&tunegate_run::summary::GraderUsage> = s.groups.iter().filter_map(|g| g.graders.as_ref()).collect();
+            if !graded.is_empty() {
+                let cost: Option<f64> = graded.iter().map(|g| g.cost_usd).sum();
+                writeln!(
+                    w,
+                    "graders: {} grades ({} from the cache) · grader calls {} · grader cost {}",
+                    graded.iter().map(|g| g.grades).sum::<u64>(),
+                    graded.iter().map(|g| g.cached).sum::<u64>(),
+                    o.grader_calls,
+                    cost_text(cost)
+                )?;
+            }
             if s.failed + s.errors > 0 {
                 writeln!(w, "see the failures: tunegate show {} --failed", s.run_id)?;
             }

@@ -180,6 +180,10 @@ pub struct DataFacts {
     pub clean_per_label: Vec<LabelCount>,
     /// Mean tokens of an expected output (4 characters a token).
     pub expected_tokens_mean: f64,
+    /// Expected outputs people wrote with `tunegate label` (from the
+    /// provenance journals beside the data sets); None without a journal.
+    pub human_examples: Option<usize>,
+    pub human_eval: Option<usize>,
 }
 
 /// Reduces a `data check` report and the loaded cases to [`DataFacts`].
@@ -191,6 +195,8 @@ pub fn data_facts(task: &Task, report: Option<&CheckReport>, eval: Option<&[Case
     };
     let labels = task.labels();
     let is_cls = task.kind() == crate::task::TaskKind::Classification;
+    d.human_examples = task.examples_path().and_then(|p| crate::label::human_labelled(&p));
+    d.human_eval = task.eval_path().and_then(|p| crate::label::human_labelled(&p));
     if let Some(ev) = eval {
         d.eval_cases = ev.len();
         d.eval_with_expected = ev.iter().filter(|c| c.expected.as_ref().map(|e| !value_text(e).trim().is_empty()).unwrap_or(false)).count();
@@ -480,6 +486,8 @@ pub struct Evidence {
     pub churn: ChurnEvidence,
     /// The latest prompt-lab results stored for the task.
     pub lab: LabEvidence,
+    /// Blind reviews by people and judge verdicts in the store.
+    pub reviews: ReviewEvidence,
     /// What the CLI could not gather, and why.
     pub notes: Vec<String>,
 }
@@ -546,6 +554,27 @@ pub fn vary_summary(v: &crate::lab::VaryReport) -> String {
         v.flipping_cases,
         v.cases
     )
+}
+
+/// People's blind side-by-side reviews (`tunegate review`) and judge
+/// verdicts (`compare --judge`): evidence about quality that a reference
+/// answer cannot give for free text.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReviewEvidence {
+    pub reviews: u64,
+    pub judge_verdicts: u64,
+    /// The latest review session: sides and the tally.
+    pub latest: Option<ReviewTally>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReviewTally {
+    pub side_a: String,
+    pub side_b: String,
+    pub a_wins: u64,
+    pub b_wins: u64,
+    pub ties: u64,
+    pub both_bad: u64,
 }
 
 // -------------------------------------------------------------------- advice
@@ -764,6 +793,14 @@ pub struct Advice {
 }
 
 // --------------------------------------------------------------- formatting
+
+/// " (N written by people with `tunegate label`)", when a journal says so.
+fn human(n: Option<usize>) -> String {
+    match n {
+        Some(n) => format!(" ({n} written by people with `tunegate label`)"),
+        None => String::new(),
+    }
+}
 
 pub fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
@@ -1306,7 +1343,16 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
             (false, Side::Unknown, Confidence::None, "not measured: no eval set (data.eval)".to_string())
         } else {
             let base = format!("{} eval cases: 95% interval ±{} at {}", d.eval_cases, pts(hw), best.map(|b| pct(b.pass_rate)).unwrap_or_else(|| "50%".into()));
-            let disjoint = if d.examples_file.is_some() { format!("; {} eval cases leak into the examples", d.leaked_eval_cases) } else { String::new() };
+            let mut disjoint = if d.examples_file.is_some() { format!("; {} eval cases leak into the examples", d.leaked_eval_cases) } else { String::new() };
+            let r = &ev.reviews;
+            if let Some(t) = &r.latest {
+                disjoint.push_str(&format!("; {} blind reviews by people (latest {} vs {}: A {}, B {}, ties {}, both bad {})", r.reviews, t.side_a, t.side_b, t.a_wins, t.b_wins, t.ties, t.both_bad));
+            } else if matches!(ev.task.kind.as_str(), "rewrite" | "generation") {
+                disjoint.push_str("; no blind review by people yet (free text: `tunegate review A B`)");
+            }
+            if r.judge_verdicts > 0 {
+                disjoint.push_str(&format!("; {} pairwise judge verdicts", r.judge_verdicts));
+            }
             if (d.eval_cases as f64) < th.get("min_eval_cases") || d.leaked_eval_cases as f64 > th.get("max_leaked_cases") {
                 (true, Side::Prompting, Confidence::High, format!("{base}{disjoint}: not yet a before/after yardstick"))
             } else {
@@ -1409,8 +1455,11 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     } else if expected_share < th.get("min_expected_share") {
         verdict = Verdict::WriteExamplesFirst;
         summary = "The wanted behaviour is not written down: many eval cases have no expected output.".into();
-        reasons.push(format!("{} of {} eval cases have an expected output ({}; needed {})", d.eval_with_expected, d.eval_cases, pct(expected_share), pct(th.get("min_expected_share"))));
-        steps.push(step(format!("Write the expected output for the {} eval cases without one in {eval_file}", d.eval_cases - d.eval_with_expected), None));
+        reasons.push(format!("{} of {} eval cases have an expected output ({}; needed {}){}", d.eval_with_expected, d.eval_cases, pct(expected_share), pct(th.get("min_expected_share")), human(d.human_eval)));
+        steps.push(step(
+            format!("Write the expected output for the {} eval cases without one, in place (one key per label, resumable)", d.eval_cases - d.eval_with_expected),
+            Some(format!("tunegate label {eval_file} --to eval{c_arg}")),
+        ));
     } else if data_bad {
         verdict = Verdict::FixData;
         summary = "The data has problems that make any number measured on it unreliable: fix them first.".into();
@@ -1456,9 +1505,17 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     } else if d.examples_file.is_none() || (d.clean_examples as f64) < th.get("min_examples") {
         verdict = Verdict::WriteExamplesFirst;
         summary = format!("Only {} clean examples of the wanted behaviour exist: write examples before any few-shot or tuning.", d.clean_examples);
-        reasons.push(format!("{} clean examples < OpenAI's minimum of {}", d.clean_examples, th.get("min_examples")));
+        reasons.push(format!("you have {} clean expected outputs in the examples{} < OpenAI's minimum of {}", d.clean_examples, human(d.human_examples), th.get("min_examples")));
         let need = th.get("typical_examples") as usize - d.clean_examples.min(th.get("typical_examples") as usize);
-        steps.push(step(format!("Write {need} examples (input + expected output) into {ex_file} and set `data.examples`; OpenAI's minimum is {}, {}-100 is typical", th.get("min_examples"), th.get("typical_examples")), None));
+        steps.push(step(
+            format!(
+                "Write {need} examples (input + expected output) into {ex_file}{}: label raw inputs from real traffic, pre-filled by a model with --suggest PROMPT@PROVIDER; OpenAI's minimum is {}, {}-100 is typical",
+                if d.examples_file.is_none() { " and set `data.examples`" } else { "" },
+                th.get("min_examples"),
+                th.get("typical_examples")
+            ),
+            Some(format!("tunegate label RAW_INPUTS.jsonl{c_arg}")),
+        ));
         for (l, n) in &ready.labels_short {
             steps.push(step(format!("Add {n} examples for label `{l}`"), None));
         }

@@ -3,7 +3,9 @@
 //! of its assertions pass; its score is their weighted mean.
 
 use crate::dataset::{value_text, Case};
-use crate::task::{split_negation, AssertSpec, Task, TaskKind};
+use crate::task::{split_negation, AssertSpec, ProviderSpec, Task, TaskKind};
+use crate::template::Message;
+use std::collections::HashMap;
 use crate::template::render_value;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -87,7 +89,23 @@ pub fn check_spec(a: &AssertSpec, kind: TaskKind, has_labels: bool, has_schema: 
                 return Err("`exec` needs a `value`: the command to run".into());
             }
         }
+        "llm-rubric" => {
+            if value_str.map(|v| v.trim().is_empty()).unwrap_or(true) {
+                return Err("`llm-rubric` needs a `value`: the rubric the output is graded against".into());
+            }
+            if a.provider.is_none() {
+                return Err("`llm-rubric` needs a `provider`: the grader, e.g. `provider: openai:gpt-4o-mini`".into());
+            }
+            if let Some(t) = &a.rubric_prompt {
+                if !t.contains("{{ output }}") && !t.contains("{{output}}") {
+                    return Err("`rubric_prompt` never shows the grader the output: it needs `{{ output }}`".into());
+                }
+            }
+        }
         _ => {}
+    }
+    if k != "llm-rubric" && (a.provider.is_some() || a.rubric_prompt.is_some()) {
+        return Err(format!("`provider` and `rubric_prompt` belong to `llm-rubric`, not `{k}`"));
     }
     if let Some(w) = a.weight {
         if w < 0.0 {
@@ -95,6 +113,25 @@ pub fn check_spec(a: &AssertSpec, kind: TaskKind, has_labels: bool, has_schema: 
         }
     }
     Ok(())
+}
+
+/// One grader call an `llm-rubric` assertion needs before it is scored:
+/// the runner makes it (through its cache, retries and cost accounting)
+/// and hands the answer back to [`Scorer::score_graded`].
+#[derive(Debug, Clone)]
+pub struct GradeRequest {
+    /// The assertion's position among the task's and the case's assertions.
+    pub index: usize,
+    pub grader: ProviderSpec,
+    pub messages: Vec<Message>,
+}
+
+/// What came back from a grader call: its text, or the provider's error;
+/// `detail` (grader, tokens, cost, cached) is stored with the assertion.
+#[derive(Debug, Clone)]
+pub struct GraderReply {
+    pub output: Result<String, String>,
+    pub detail: Value,
 }
 
 /// The assertions of a task, ready to run on many outputs.
@@ -117,16 +154,57 @@ impl Scorer {
         self.asserts.iter().any(|a| split_negation(&a.kind).0 == "exec")
     }
 
+    /// Scores without graders: an `llm-rubric` assertion is then an error.
     pub fn score(&self, output: &str, case: &Case, facts: &ResponseFacts) -> Vec<AssertionResult> {
+        self.score_graded(output, case, facts, &HashMap::new())
+    }
+
+    /// Whether any assertion (the task's or a case's) is graded by a model.
+    pub fn has_graders(&self, case: &Case) -> bool {
+        self.asserts.iter().chain(case.asserts.iter()).any(|a| split_negation(&a.kind).0 == "llm-rubric")
+    }
+
+    /// The grader calls the `llm-rubric` assertions need for this output.
+    /// A grading prompt that does not render is an error for that assertion.
+    pub fn grade_requests(&self, output: &str, case: &Case) -> Vec<Result<GradeRequest, (usize, String)>> {
+        let mut out = vec![];
+        for (index, a) in self.asserts.iter().chain(case.asserts.iter()).enumerate() {
+            if split_negation(&a.kind).0 != "llm-rubric" {
+                continue;
+            }
+            let Some(grader) = &a.provider else {
+                out.push(Err((index, "`llm-rubric` has no `provider`".to_string())));
+                continue;
+            };
+            let rubric = match &a.value {
+                Some(Value::String(t)) => render_value(t, case),
+                Some(v) => Ok(value_text(v)),
+                None => Err("`llm-rubric` has no rubric (`value`)".to_string()),
+            };
+            let msgs = rubric.and_then(|r| crate::judge::rubric_messages(a.rubric_prompt.as_deref(), &r, output, case));
+            out.push(match msgs {
+                Ok(messages) => Ok(GradeRequest { index, grader: grader.provider_spec(), messages }),
+                Err(e) => Err((index, e)),
+            });
+        }
+        out
+    }
+
+    /// Scores an output given the graders' replies, by assertion index.
+    pub fn score_graded(&self, output: &str, case: &Case, facts: &ResponseFacts, grades: &HashMap<usize, GraderReply>) -> Vec<AssertionResult> {
         self.asserts
             .iter()
             .chain(case.asserts.iter())
-            .map(|a| self.one(a, output, case, facts))
+            .enumerate()
+            .map(|(i, a)| self.one(a, output, case, facts, grades.get(&i)))
             .collect()
     }
 
-    fn one(&self, a: &AssertSpec, output: &str, case: &Case, facts: &ResponseFacts) -> AssertionResult {
+    fn one(&self, a: &AssertSpec, output: &str, case: &Case, facts: &ResponseFacts, grade: Option<&GraderReply>) -> AssertionResult {
         let (k, negate) = split_negation(&a.kind);
+        if k == "llm-rubric" {
+            return graded(a, grade, negate);
+        }
         let mut r = match self.eval(k, a, output, case, facts) {
             Ok(r) => r,
             Err(msg) => AssertionResult { kind: k.into(), pass: false, score: 0.0, reason: msg, detail: json!({"error": true}) },
@@ -251,6 +329,41 @@ impl Scorer {
             "exec" => run_exec_assert(a.value.as_ref().and_then(|v| v.as_str()).unwrap_or(""), &self.dir, output, case, a.threshold)?,
             other => return Err(format!("unknown assertion type `{other}`")),
         })
+    }
+}
+
+/// The `llm-rubric` result from the grader's reply. A grader that failed
+/// or answered anything but a well-formed grade gives a result marked
+/// `grader_error`: the runner files the case as an error, never a pass.
+fn graded(a: &AssertSpec, grade: Option<&GraderReply>, negate: bool) -> AssertionResult {
+    let err = |msg: String, mut detail: Value| {
+        if !detail.is_object() {
+            detail = json!({});
+        }
+        detail["grader_error"] = json!(msg);
+        detail["error"] = json!(true);
+        AssertionResult { kind: a.kind.clone(), pass: false, score: 0.0, reason: msg, detail }
+    };
+    let Some(g) = grade else { return err("no grader was called for this assertion".into(), Value::Null) };
+    let text = match &g.output {
+        Ok(t) => t,
+        Err(e) => return err(format!("grader call failed: {e}"), g.detail.clone()),
+    };
+    match crate::judge::parse_grade(text) {
+        Ok(grade) => {
+            let mut detail = if g.detail.is_object() { g.detail.clone() } else { json!({}) };
+            detail["grader_output"] = json!(clip(text));
+            let (pass, score) = if negate { (!grade.pass, 1.0 - grade.score) } else { (grade.pass, grade.score) };
+            let reason = if negate { format!("not: {}", grade.reason) } else { grade.reason };
+            AssertionResult { kind: a.kind.clone(), pass, score, reason, detail }
+        }
+        Err(e) => {
+            let mut d = g.detail.clone();
+            if d.is_object() {
+                d["grader_output"] = json!(clip(text));
+            }
+            err(format!("malformed grade: {e}"), d)
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub struct Price {
     pub output_per_mtok: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// `echo`, `exec:CMD`, `openai:MODEL`, `openai-compatible:MODEL`,
@@ -181,6 +181,56 @@ pub struct AssertSpec {
     pub threshold: Option<f64>,
     #[serde(default)]
     pub weight: Option<f64>,
+    /// `llm-rubric`: the grader, a provider id (`exec:python3 grade.py`,
+    /// `openai:gpt-4o-mini`) or a full provider entry (for a `base_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<GraderSpec>,
+    /// `llm-rubric`: the grading prompt, replacing the default
+    /// (`tunegate_core::judge::DEFAULT_RUBRIC_PROMPT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubric_prompt: Option<String>,
+}
+
+/// A grader named by its id alone, or configured like any provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum GraderSpec {
+    Id(String),
+    Full(Box<ProviderSpec>),
+}
+
+/// By hand rather than `untagged`, so that a typo inside a provider entry
+/// says which key is wrong instead of "did not match any variant".
+impl<'de> Deserialize<'de> for GraderSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(GraderSpec::Id(s)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value::<ProviderSpec>(v).map(|p| GraderSpec::Full(Box::new(p))).map_err(|e| D::Error::custom(format!("provider: {e}"))),
+            _ => Err(D::Error::custom("provider: give a provider id (`openai:gpt-4o-mini`) or a provider entry ({ id: ..., base_url: ... })")),
+        }
+    }
+}
+
+impl GraderSpec {
+    /// The provider entry: an id alone gets temperature 0, since a grade
+    /// that changes from call to call is not a measurement.
+    pub fn provider_spec(&self) -> ProviderSpec {
+        match self {
+            GraderSpec::Full(p) => (**p).clone(),
+            GraderSpec::Id(id) => ProviderSpec {
+                id: id.clone(),
+                label: None,
+                base_url: None,
+                api_key_env: None,
+                params: Params { temperature: Some(0.0), ..Default::default() },
+                price: None,
+                rate_limit: None,
+                timeout_s: None,
+                max_retries: None,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -273,6 +323,7 @@ pub const ASSERTION_TYPES: &[&str] = &[
     "latency",
     "cost",
     "exec",
+    "llm-rubric",
 ];
 
 /// Splits `not-contains` into (`contains`, negated).
@@ -545,7 +596,7 @@ impl Task {
             TaskKind::Rewrite => "similarity",
             TaskKind::Generation => "similarity",
         };
-        vec![AssertSpec { kind: kind.into(), value: None, threshold: None, weight: None }]
+        vec![AssertSpec { kind: kind.into(), value: None, threshold: None, weight: None, provider: None, rubric_prompt: None }]
     }
 }
 

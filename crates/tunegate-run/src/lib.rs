@@ -6,12 +6,13 @@
 
 pub mod compare;
 pub mod lab;
+pub mod judge;
 pub mod prepare;
 pub mod runner;
 pub mod summary;
 
 pub use prepare::{prepare, Prepared};
-pub use runner::{run, RunOptions, RunOutcome, Sink};
+pub use runner::{run, CallOutcome, Caller, CallerStats, RunOptions, RunOutcome, Sink};
 pub use summary::{summarize, GroupSummary, RunSummary};
 
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,13 @@ use crate::RunError;
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tunegate_core::scorers::GraderReply;
 use tunegate_core::{ProviderSpec, ResponseFacts};
 use tunegate_providers::{Provider, ProviderError, Request, Response};
 use tunegate_store::{CachedResponse, ResultRow, RunInfo, Store};
@@ -79,6 +80,10 @@ pub struct RunOutcome {
     pub provider_calls: u64,
     pub retries: u64,
     pub errors: u64,
+    /// Calls to `llm-rubric` graders (counted apart from the model's) and
+    /// grades read from the cache.
+    pub grader_calls: u64,
+    pub grader_cache_hits: u64,
     pub interrupted: bool,
     pub wall_s: f64,
 }
@@ -107,9 +112,10 @@ struct ProviderSlot {
 }
 
 enum WriteMsg {
-    Row(Box<ResultRow>, Option<(String, String, CachedResponse)>),
+    Row(Box<ResultRow>, Vec<(String, String, CachedResponse)>),
 }
 
+#[derive(Default)]
 struct Counters {
     cache_hits: AtomicU64,
     calls: AtomicU64,
@@ -149,6 +155,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     if prompt_idx.is_empty() || slots.is_empty() {
         return Err(RunError::Resume("nothing to run: no prompt or provider matches the filters".into()));
     }
+    let graders = Arc::new(build_graders(prep)?);
     let repeat = opts.repeat.max(1);
     let planned = (prompt_idx.len() * slots.len() * prep.eval.len()) as u64 * repeat as u64;
 
@@ -223,7 +230,8 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     // The writer: one thread, one connection, group commits of whatever has
     // arrived. Sinks hear of a result only once it is durable.
     let (tx, rx) = std::sync::mpsc::sync_channel::<WriteMsg>(4096);
-    let counters = Arc::new(Counters { cache_hits: AtomicU64::new(0), calls: AtomicU64::new(0), retries: AtomicU64::new(0), errors: AtomicU64::new(0), completed: AtomicU64::new(0) });
+    let counters = Arc::new(Counters::default());
+    let grader_counters = Arc::new(Counters::default());
     let writer = {
         let path = opts.store_path.clone();
         let sinks = sinks.clone();
@@ -236,9 +244,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
                 let push = |m: WriteMsg, rows: &mut Vec<ResultRow>, cache: &mut Vec<(String, String, CachedResponse)>| match m {
                     WriteMsg::Row(r, c) => {
                         rows.push(*r);
-                        if let Some(c) = c {
-                            cache.push(c);
-                        }
+                        cache.extend(c);
                     }
                 };
                 push(first, &mut rows, &mut cache);
@@ -298,6 +304,8 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
                         repeat: r,
                         slot: slot.clone(),
                         scorer: prep.scorer.clone(),
+                        graders: graders.clone(),
+                        grader_counters: grader_counters.clone(),
                         run_id: run_id.clone(),
                         tx: tx.clone(),
                         reader: reader.clone(),
@@ -332,6 +340,8 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
         provider_calls: counters.calls.load(Ordering::Relaxed),
         retries: counters.retries.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
+        grader_calls: grader_counters.calls.load(Ordering::Relaxed),
+        grader_cache_hits: grader_counters.cache_hits.load(Ordering::Relaxed),
         interrupted,
         wall_s: started.elapsed().as_secs_f64(),
     })
@@ -345,6 +355,8 @@ struct Job {
     repeat: u32,
     slot: Arc<ProviderSlot>,
     scorer: tunegate_core::Scorer,
+    graders: Arc<HashMap<String, Arc<ProviderSlot>>>,
+    grader_counters: Arc<Counters>,
     run_id: String,
     tx: std::sync::mpsc::SyncSender<WriteMsg>,
     reader: Arc<Mutex<Store>>,
@@ -381,7 +393,7 @@ impl Job {
                 row.error = Some(e.to_string());
                 row.error_kind = Some("render".into());
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                return self.tx.send(WriteMsg::Row(Box::new(row), None)).is_ok();
+                return self.tx.send(WriteMsg::Row(Box::new(row), vec![])).is_ok();
             }
         };
         row.messages = serde_json::to_value(&messages).unwrap_or(Value::Null);
@@ -414,20 +426,32 @@ impl Job {
         match response {
             Ok(resp) => {
                 let facts = ResponseFacts { latency_ms, completion_tokens: resp.completion_tokens, cost_usd: resp.cost_usd };
+                let mut cache_entries: Vec<(String, String, CachedResponse)> = to_cache.into_iter().collect();
+                let grades = if self.scorer.has_graders(case) { self.grade(&resp.output, case, &mut cache_entries).await } else { HashMap::new() };
                 let results = if self.scorer.has_exec() {
                     let (scorer, out, case) = (self.scorer.clone(), resp.output.clone(), case.clone());
-                    tokio::task::spawn_blocking(move || scorer.score(&out, &case, &facts)).await.unwrap_or_default()
+                    tokio::task::spawn_blocking(move || scorer.score_graded(&out, &case, &facts, &grades)).await.unwrap_or_default()
                 } else {
-                    self.scorer.score(&resp.output, case, &facts)
+                    self.scorer.score_graded(&resp.output, case, &facts, &grades)
                 };
-                let (pass, score) = tunegate_core::scorers::combine(&results, &self.scorer.weights(case));
-                row.pass = Some(pass);
-                row.score = Some(score);
+                // A grader that failed or answered garbage has not graded:
+                // the case is an error (counted apart), never a pass or a fail.
+                let grader_error = results.iter().find_map(|r| r.detail.get("grader_error").and_then(|e| e.as_str()).map(|e| format!("{}: {e}", r.kind)));
+                if let Some(e) = grader_error {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    row.error = Some(e);
+                    row.error_kind = Some("grader".into());
+                } else {
+                    let (pass, score) = tunegate_core::scorers::combine(&results, &self.scorer.weights(case));
+                    row.pass = Some(pass);
+                    row.score = Some(score);
+                }
                 row.assertions = serde_json::to_value(&results).unwrap_or(Value::Null);
                 row.output = Some(resp.output);
                 row.prompt_tokens = resp.prompt_tokens;
                 row.completion_tokens = resp.completion_tokens;
                 row.cost_usd = resp.cost_usd;
+                return self.tx.send(WriteMsg::Row(Box::new(row), cache_entries)).is_ok();
             }
             Err(e) => {
                 // Recorded as an error, never scored as a model failure.
@@ -436,28 +460,192 @@ impl Job {
                 row.error_kind = Some(e.kind().to_string());
             }
         }
-        self.tx.send(WriteMsg::Row(Box::new(row), to_cache)).is_ok()
+        self.tx.send(WriteMsg::Row(Box::new(row), to_cache.into_iter().collect())).is_ok()
+    }
+
+    /// Calls the graders of this output's `llm-rubric` assertions, through
+    /// the same cache and retries as the evaluated call. Their cost, tokens
+    /// and cache state go into each assertion's detail.
+    async fn grade(&self, output: &str, case: &tunegate_core::Case, cache_entries: &mut Vec<(String, String, CachedResponse)>) -> HashMap<usize, GraderReply> {
+        let mut grades = HashMap::new();
+        for req in self.scorer.grade_requests(output, case) {
+            let req = match req {
+                Ok(r) => r,
+                Err((i, e)) => {
+                    grades.insert(i, GraderReply { output: Err(e), detail: Value::Null });
+                    continue;
+                }
+            };
+            let Some(slot) = self.graders.get(&grader_key(&req.grader)) else {
+                grades.insert(req.index, GraderReply { output: Err(format!("grader `{}` was not built", req.grader.id)), detail: Value::Null });
+                continue;
+            };
+            let call = call_cached(slot, &self.reader, req.messages, 0, &self.opts, &self.grader_counters).await;
+            let detail = json!({
+                "grader": slot.provider.name(),
+                "cached": call.cached,
+                "attempts": call.attempts,
+                "latency_ms": call.latency_ms,
+                "prompt_tokens": call.result.as_ref().ok().and_then(|r| r.prompt_tokens),
+                "completion_tokens": call.result.as_ref().ok().and_then(|r| r.completion_tokens),
+                "cost_usd": call.result.as_ref().ok().and_then(|r| r.cost_usd),
+            });
+            // A malformed grade is not cached: the next run asks again.
+            let parsed_ok = call.result.as_ref().map(|r| tunegate_core::judge::parse_grade(&r.output).is_ok()).unwrap_or(false);
+            if parsed_ok {
+                cache_entries.extend(call.to_cache);
+            }
+            grades.insert(req.index, GraderReply { output: call.result.map(|r| r.output).map_err(|e| e.to_string()), detail });
+        }
+        grades
     }
 
     async fn call_with_retries(&self, req: &Request) -> (Result<Response, ProviderError>, f64, u32) {
-        let max_retries = self.slot.spec.max_retries.unwrap_or(self.opts.max_retries);
-        let mut attempt = 0u32;
-        loop {
-            if let Some(l) = &self.slot.limiter {
-                l.wait().await;
+        call_with_retries(&self.slot, req, &self.opts, &self.counters).await
+    }
+}
+
+/// One provider call with retries on transient errors, spaced by the
+/// provider's rate limit.
+async fn call_with_retries(slot: &ProviderSlot, req: &Request, opts: &RunOptions, counters: &Counters) -> (Result<Response, ProviderError>, f64, u32) {
+    let max_retries = slot.spec.max_retries.unwrap_or(opts.max_retries);
+    let mut attempt = 0u32;
+    loop {
+        if let Some(l) = &slot.limiter {
+            l.wait().await;
+        }
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let res = slot.provider.complete(req).await;
+        let latency = t0.elapsed().as_secs_f64() * 1000.0;
+        attempt += 1;
+        match res {
+            Err(e) if e.retryable() && attempt <= max_retries && !opts.stop.load(Ordering::Relaxed) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff(opts.backoff_base, attempt, e.retry_after())).await;
             }
-            self.counters.calls.fetch_add(1, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let res = self.slot.provider.complete(req).await;
-            let latency = t0.elapsed().as_secs_f64() * 1000.0;
-            attempt += 1;
-            match res {
-                Err(e) if e.retryable() && attempt <= max_retries && !self.opts.stop.load(Ordering::Relaxed) => {
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff(self.opts.backoff_base, attempt, e.retry_after())).await;
+            other => return (other, latency, attempt),
+        }
+    }
+}
+
+/// A call made through the cache: the response, whether it came from the
+/// cache, and the cache entry to write when it did not (a success only).
+pub struct CallOutcome {
+    pub result: Result<Response, ProviderError>,
+    pub latency_ms: f64,
+    pub attempts: u32,
+    pub cached: bool,
+    pub to_cache: Option<(String, String, CachedResponse)>,
+}
+
+async fn call_cached(slot: &ProviderSlot, reader: &Mutex<Store>, messages: Vec<tunegate_core::Message>, repeat: u32, opts: &RunOptions, counters: &Counters) -> CallOutcome {
+    let params = slot.spec.params.clone();
+    let key = cache_key(&slot.provider.identity(), &params, &messages, repeat);
+    let cached = if opts.use_cache { reader.lock().ok().and_then(|s| s.cache_get(&key).ok().flatten()) } else { None };
+    if let Some(c) = cached {
+        counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        let resp = Response { output: c.output, prompt_tokens: c.prompt_tokens, completion_tokens: c.completion_tokens, cost_usd: c.cost_usd };
+        return CallOutcome { result: Ok(resp), latency_ms: c.latency_ms, attempts: 0, cached: true, to_cache: None };
+    }
+    let req = Request { messages, params };
+    let (result, latency_ms, attempts) = call_with_retries(slot, &req, opts, counters).await;
+    let to_cache = result.as_ref().ok().map(|r| {
+        (key, slot.provider.name().to_string(), CachedResponse { output: r.output.clone(), prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, cost_usd: r.cost_usd, latency_ms })
+    });
+    CallOutcome { result, latency_ms, attempts, cached: false, to_cache }
+}
+
+fn grader_key(spec: &ProviderSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+/// Builds every grader the task's and the cases' `llm-rubric` assertions
+/// name, once per run; a grader that cannot be built (a missing API key)
+/// stops the run before the first call, like any provider.
+fn build_graders(prep: &Prepared) -> Result<HashMap<String, Arc<ProviderSlot>>, RunError> {
+    let mut out = HashMap::new();
+    let asserts = prep.task.effective_asserts();
+    let all = asserts.iter().chain(prep.eval.iter().flat_map(|c| c.asserts.iter()));
+    for a in all {
+        let Some(g) = &a.provider else { continue };
+        let spec = g.provider_spec();
+        let key = grader_key(&spec);
+        if out.contains_key(&key) {
+            continue;
+        }
+        let env = |k: &str| std::env::var(k).ok();
+        let provider = tunegate_providers::build(&spec, &prep.task.dir, &env).map_err(|e| RunError::Provider(format!("{}: grader `{}`: {e}", prep.task.path.display(), spec.id)))?;
+        let limiter = spec.rate_limit.map(|r| RateLimiter { interval: Duration::from_secs_f64(1.0 / r), next: tokio::sync::Mutex::new(Instant::now()) });
+        out.insert(key, Arc::new(ProviderSlot { provider, spec, limiter }));
+    }
+    Ok(out)
+}
+
+/// A provider called the way the runner calls: rate limit, retries with
+/// backoff, and the response cache of the store. Judges (`compare
+/// --judge`) and suggestions (`label --suggest`) use it, so their calls are
+/// cached, retried and counted like every evaluated case.
+pub struct Caller {
+    slot: ProviderSlot,
+    reader: Mutex<Store>,
+    opts: RunOptions,
+    counters: Counters,
+    /// (US$ of the calls made, whether a call had no known price).
+    cost: Mutex<(f64, bool)>,
+}
+
+/// What a [`Caller`] did: calls made, cache hits, retries.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CallerStats {
+    pub provider_calls: u64,
+    pub cache_hits: u64,
+    pub retries: u64,
+    /// What the calls made cost (answers from the cache cost nothing);
+    /// None when the provider's price is unknown.
+    pub cost_usd: Option<f64>,
+}
+
+impl Caller {
+    pub fn new(provider: Arc<dyn Provider>, spec: ProviderSpec, opts: RunOptions) -> Result<Caller, RunError> {
+        let limiter = spec.rate_limit.map(|r| RateLimiter { interval: Duration::from_secs_f64(1.0 / r), next: tokio::sync::Mutex::new(Instant::now()) });
+        let reader = Mutex::new(Store::open(&opts.store_path)?);
+        Ok(Caller { slot: ProviderSlot { provider, spec, limiter }, reader, opts, counters: Counters::default(), cost: Mutex::new((0.0, false)) })
+    }
+
+    pub fn name(&self) -> &str {
+        self.slot.provider.name()
+    }
+
+    /// Calls (or reads the cache) and writes a successful answer to the
+    /// cache unless `cache_if` rejects it (a malformed verdict is asked again
+    /// next time).
+    pub async fn call(&self, messages: Vec<tunegate_core::Message>, cache_if: impl Fn(&str) -> bool) -> Result<CallOutcome, RunError> {
+        let out = call_cached(&self.slot, &self.reader, messages, 0, &self.opts, &self.counters).await;
+        if let (false, Ok(r)) = (out.cached, &out.result) {
+            if let Ok(mut c) = self.cost.lock() {
+                match r.cost_usd {
+                    Some(x) => c.0 += x,
+                    None => c.1 = true,
                 }
-                other => return (other, latency, attempt),
             }
+        }
+        if let (Some(c), Ok(r)) = (&out.to_cache, &out.result) {
+            if cache_if(&r.output) {
+                let mut store = self.reader.lock().map_err(|_| RunError::Resume("the store lock was poisoned".into()))?;
+                store.insert_results(&[], std::slice::from_ref(c))?;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> CallerStats {
+        let (cost, unknown) = self.cost.lock().map(|c| *c).unwrap_or((0.0, true));
+        CallerStats {
+            provider_calls: self.counters.calls.load(Ordering::Relaxed),
+            cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            cost_usd: if unknown { None } else { Some(cost) },
         }
     }
 }

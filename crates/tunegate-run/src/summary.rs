@@ -28,10 +28,26 @@ pub struct GroupSummary {
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
     pub cache_hits: u64,
+    /// What the `llm-rubric` graders cost for this group (they are billed
+    /// apart from the model under test, whose cost stays its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graders: Option<GraderUsage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classification: Option<ClassificationMetrics>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, FieldMetrics>,
+}
+
+/// Grader calls behind a group's `llm-rubric` assertions.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct GraderUsage {
+    pub grades: u64,
+    /// Grades read from the response cache (no call made).
+    pub cached: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// None when a grader's price is unknown.
+    pub cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +75,8 @@ struct Acc {
     cost_unknown: bool,
     latencies: Vec<f64>,
     cache_hits: u64,
+    graders: Option<GraderUsage>,
+    grader_cost_unknown: bool,
     label_pairs: Vec<(String, Option<String>)>,
     field_outcomes: Vec<(String, String)>,
 }
@@ -75,6 +93,24 @@ pub fn summarize(store: &Store, run_id: &str) -> Result<RunSummary, StoreError> 
         a.n += 1;
         if r.cached {
             a.cache_hits += 1;
+        }
+        // Graders are paid for even when their grade was garbage.
+        for x in r.assertions.as_array().into_iter().flatten() {
+            let d = &x["detail"];
+            if d.get("grader").is_none() {
+                continue;
+            }
+            let g = a.graders.get_or_insert_with(GraderUsage::default);
+            g.grades += 1;
+            if d["cached"].as_bool() == Some(true) {
+                g.cached += 1;
+            }
+            g.prompt_tokens += d["prompt_tokens"].as_u64().unwrap_or(0);
+            g.completion_tokens += d["completion_tokens"].as_u64().unwrap_or(0);
+            match d["cost_usd"].as_f64() {
+                Some(c) => g.cost_usd = Some(g.cost_usd.unwrap_or(0.0) + c),
+                None => a.grader_cost_unknown = true,
+            }
         }
         if r.error.is_some() {
             a.errors += 1;
@@ -147,6 +183,14 @@ pub fn summarize(store: &Store, run_id: &str) -> Result<RunSummary, StoreError> 
             latency_p50_ms: percentile(&a.latencies, 0.5).unwrap_or(0.0),
             latency_p95_ms: percentile(&a.latencies, 0.95).unwrap_or(0.0),
             cache_hits: a.cache_hits,
+            graders: a.graders.take().map(|mut g| {
+                if a.grader_cost_unknown {
+                    g.cost_usd = None;
+                } else if g.cost_usd.is_none() {
+                    g.cost_usd = Some(0.0);
+                }
+                g
+            }),
             classification: if a.label_pairs.is_empty() { None } else { Some(classification(&labels, &a.label_pairs)) },
             fields: field_metrics(a.field_outcomes.iter().map(|(f, o)| (f.as_str(), o.as_str()))),
         });

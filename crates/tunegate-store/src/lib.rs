@@ -107,6 +107,41 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL,
         meta TEXT NOT NULL DEFAULT '{}'
     );",
+    // 3: blind reviews by people and pairwise verdicts by judge models.
+    // A session fixes the two sides and the seed of the hidden order; each
+    // review keeps which run was shown first, so scoring and resume are exact.
+    "CREATE TABLE review_sessions(
+        id TEXT PRIMARY KEY,
+        side_a TEXT NOT NULL,
+        side_b TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX review_sessions_sides ON review_sessions(side_a, side_b);
+    CREATE TABLE reviews(
+        session_id TEXT NOT NULL REFERENCES review_sessions(id),
+        case_id TEXT NOT NULL,
+        a_first INTEGER NOT NULL,
+        choice TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        note TEXT,
+        reviewer TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY(session_id, case_id)
+    );
+    CREATE TABLE judge_verdicts(
+        id INTEGER PRIMARY KEY,
+        side_a TEXT NOT NULL,
+        side_b TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        judge TEXT NOT NULL,
+        verdict TEXT,
+        first_order TEXT,
+        second_order TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX judge_verdicts_sides ON judge_verdicts(side_a, side_b, judge);",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +224,48 @@ pub struct TuneJob {
     pub created_at: String,
     pub updated_at: String,
     pub meta: Value,
+}
+
+/// A blind review session between two sides (`RUN:prompt@provider`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReviewSession {
+    pub id: String,
+    pub side_a: String,
+    pub side_b: String,
+    /// Seeds the hidden order of the two outputs, case by case.
+    pub seed: u64,
+    pub created_at: String,
+}
+
+/// One person's verdict on one case: what they pressed (`first`, `second`,
+/// `tie`, `both_bad`), which run was shown first, and the unblinded verdict
+/// (`a`, `b`, `tie`, `both_bad`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReviewRow {
+    pub session_id: String,
+    pub case_id: String,
+    pub a_first: bool,
+    pub choice: String,
+    pub verdict: String,
+    pub note: Option<String>,
+    pub reviewer: String,
+    pub created_at: String,
+}
+
+/// A judge model's verdict on one pair, asked in both orders: `verdict` is
+/// `a`, `b` or `tie` (inconsistent orders are a tie), None with `error`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JudgeVerdictRow {
+    pub side_a: String,
+    pub side_b: String,
+    pub case_id: String,
+    pub judge: String,
+    pub verdict: Option<String>,
+    /// The parsed answers with A shown first, and with B shown first.
+    pub first_order: Option<String>,
+    pub second_order: Option<String>,
+    pub error: Option<String>,
+    pub created_at: String,
 }
 
 pub struct Store {
@@ -551,6 +628,116 @@ impl Store {
         self.sql(rows)
     }
 
+    /// The latest review session between these two sides, if any.
+    pub fn review_session(&self, side_a: &str, side_b: &str) -> Result<Option<ReviewSession>> {
+        let r = self
+            .conn
+            .query_row(
+                "SELECT id, side_a, side_b, seed, created_at FROM review_sessions WHERE side_a = ?1 AND side_b = ?2 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [side_a, side_b],
+                |r| Ok(ReviewSession { id: r.get(0)?, side_a: r.get(1)?, side_b: r.get(2)?, seed: r.get::<_, i64>(3)? as u64, created_at: r.get(4)? }),
+            )
+            .optional();
+        self.sql(r)
+    }
+
+    pub fn create_review_session(&self, s: &ReviewSession) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO review_sessions(id, side_a, side_b, seed, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.id, s.side_a, s.side_b, s.seed as i64, s.created_at],
+        );
+        self.sql(r).map(|_| ())
+    }
+
+    /// Records (or replaces) a review; committed before this returns, so a
+    /// killed session loses nothing that was answered.
+    pub fn upsert_review(&self, r: &ReviewRow) -> Result<()> {
+        let x = self.conn.execute(
+            "INSERT OR REPLACE INTO reviews(session_id, case_id, a_first, choice, verdict, note, reviewer, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![r.session_id, r.case_id, r.a_first, r.choice, r.verdict, r.note, r.reviewer, r.created_at],
+        );
+        self.sql(x).map(|_| ())
+    }
+
+    pub fn delete_review(&self, session_id: &str, case_id: &str) -> Result<()> {
+        let r = self.conn.execute("DELETE FROM reviews WHERE session_id = ?1 AND case_id = ?2", params![session_id, case_id]);
+        self.sql(r).map(|_| ())
+    }
+
+    /// A session's reviews in the order they were given.
+    pub fn reviews(&self, session_id: &str) -> Result<Vec<ReviewRow>> {
+        let mut st = self.sql(self.conn.prepare("SELECT session_id, case_id, a_first, choice, verdict, note, reviewer, created_at FROM reviews WHERE session_id = ?1 ORDER BY created_at, rowid"))?;
+        let rows = st
+            .query_map([session_id], |r| {
+                Ok(ReviewRow { session_id: r.get(0)?, case_id: r.get(1)?, a_first: r.get(2)?, choice: r.get(3)?, verdict: r.get(4)?, note: r.get(5)?, reviewer: r.get(6)?, created_at: r.get(7)? })
+            })
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>());
+        self.sql(rows)
+    }
+
+    pub fn insert_judge_verdicts(&mut self, rows: &[JudgeVerdictRow]) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(e)?;
+        for r in rows {
+            tx.execute(
+                "INSERT INTO judge_verdicts(side_a, side_b, case_id, judge, verdict, first_order, second_order, error, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![r.side_a, r.side_b, r.case_id, r.judge, r.verdict, r.first_order, r.second_order, r.error, r.created_at],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Judge verdicts between two sides, oldest first (a later verdict on
+    /// the same case and judge supersedes an earlier one).
+    pub fn judge_verdicts(&self, side_a: &str, side_b: &str) -> Result<Vec<JudgeVerdictRow>> {
+        let mut st = self.sql(self.conn.prepare(
+            "SELECT side_a, side_b, case_id, judge, verdict, first_order, second_order, error, created_at FROM judge_verdicts WHERE side_a = ?1 AND side_b = ?2 ORDER BY id",
+        ))?;
+        let rows = st
+            .query_map([side_a, side_b], |r| {
+                Ok(JudgeVerdictRow {
+                    side_a: r.get(0)?,
+                    side_b: r.get(1)?,
+                    case_id: r.get(2)?,
+                    judge: r.get(3)?,
+                    verdict: r.get(4)?,
+                    first_order: r.get(5)?,
+                    second_order: r.get(6)?,
+                    error: r.get(7)?,
+                    created_at: r.get(8)?,
+                })
+            })
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>());
+        self.sql(rows)
+    }
+
+    /// The newest review session that holds at least one review.
+    pub fn latest_review_session(&self) -> Result<Option<ReviewSession>> {
+        let r = self
+            .conn
+            .query_row(
+                "SELECT s.id, s.side_a, s.side_b, s.seed, s.created_at FROM review_sessions s WHERE EXISTS (SELECT 1 FROM reviews r WHERE r.session_id = s.id) ORDER BY s.created_at DESC, s.rowid DESC LIMIT 1",
+                [],
+                |r| Ok(ReviewSession { id: r.get(0)?, side_a: r.get(1)?, side_b: r.get(2)?, seed: r.get::<_, i64>(3)? as u64, created_at: r.get(4)? }),
+            )
+            .optional();
+        self.sql(r)
+    }
+
+    pub fn judge_verdict_count(&self) -> Result<u64> {
+        let r = self.conn.query_row("SELECT COUNT(*) FROM judge_verdicts WHERE verdict IS NOT NULL", [], |r| r.get::<_, i64>(0));
+        self.sql(r).map(|n| n as u64)
+    }
+
+    /// Every review in the store: the advisor's evidence that people have
+    /// judged outputs.
+    pub fn review_count(&self) -> Result<u64> {
+        let r = self.conn.query_row("SELECT COUNT(*) FROM reviews", [], |r| r.get::<_, i64>(0));
+        self.sql(r).map(|n| n as u64)
+    }
+
     pub fn revisions(&self) -> Result<Vec<RevisionRow>> {
         let mut st = self.sql(self.conn.prepare("SELECT recorded_at, run_id, kind, name, hash FROM revisions ORDER BY id"))?;
         let rows = st
@@ -599,5 +786,27 @@ mod tests {
         assert_eq!(s.resolve_run("latest").unwrap().id, "r1");
         assert_eq!(s.resolve_run("r").unwrap().id, "r1");
         assert!(matches!(s.resolve_run("zzz"), Err(StoreError::NoRun(_))));
+    }
+
+    #[test]
+    fn reviews_and_judge_verdicts_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("t.db")).unwrap();
+        let sess = ReviewSession { id: "s1".into(), side_a: "r1:p@x".into(), side_b: "r2:p@x".into(), seed: u64::MAX - 3, created_at: now() };
+        s.create_review_session(&sess).unwrap();
+        assert_eq!(s.review_session("r1:p@x", "r2:p@x").unwrap(), Some(sess.clone()));
+        assert_eq!(s.review_session("r2:p@x", "r1:p@x").unwrap(), None);
+        let row = |c: &str, v: &str| ReviewRow { session_id: "s1".into(), case_id: c.into(), a_first: true, choice: "first".into(), verdict: v.into(), note: None, reviewer: "me".into(), created_at: now() };
+        s.upsert_review(&row("c1", "a")).unwrap();
+        s.upsert_review(&row("c2", "b")).unwrap();
+        s.upsert_review(&row("c1", "tie")).unwrap();
+        let rs = s.reviews("s1").unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs.iter().find(|r| r.case_id == "c1").unwrap().verdict, "tie");
+        s.delete_review("s1", "c2").unwrap();
+        assert_eq!(s.review_count().unwrap(), 1);
+        let j = JudgeVerdictRow { side_a: "r1:p@x".into(), side_b: "r2:p@x".into(), case_id: "c1".into(), judge: "j".into(), verdict: Some("tie".into()), first_order: Some("A".into()), second_order: Some("A".into()), error: None, created_at: now() };
+        s.insert_judge_verdicts(std::slice::from_ref(&j)).unwrap();
+        assert_eq!(s.judge_verdicts("r1:p@x", "r2:p@x").unwrap(), vec![j]);
     }
 }
