@@ -269,6 +269,16 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     Ok(if below || (a.threshold.is_none() && failing) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// The run store of a task that has been evaluated at least once; a usage
+/// error saying what to run first otherwise.
+pub fn existing_store(task_file: &std::path::Path) -> Result<Store> {
+    let sp = store_path_for(task_file);
+    if !sp.exists() {
+        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), task_file.display())));
+    }
+    Ok(Store::open(&sp)?)
+}
+
 #[derive(Args)]
 pub struct RunsArgs {
     #[arg(short = 'c', long = "config")]
@@ -281,11 +291,7 @@ pub struct RunsArgs {
 
 pub fn runs(a: RunsArgs) -> Result<ExitCode> {
     let path = crate::task_path(&a.config);
-    let sp = store_path_for(&path);
-    if !sp.exists() {
-        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
-    }
-    let store = Store::open(&sp)?;
+    let store = existing_store(&path)?;
     let runs = store.list_runs(a.limit)?;
     output::write_runs(&store, &runs, a.format)?;
     Ok(ExitCode::SUCCESS)
@@ -312,11 +318,7 @@ pub struct ShowArgs {
 
 pub fn show(a: ShowArgs) -> Result<ExitCode> {
     let path = crate::task_path(&a.config);
-    let sp = store_path_for(&path);
-    if !sp.exists() {
-        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
-    }
-    let store = Store::open(&sp)?;
+    let store = existing_store(&path)?;
     let run = store.resolve_run(&a.run)?;
     let summary = tunegate_run::summarize(&store, &run.id)?;
     output::write_show(&store, &summary, a.failed, a.limit, a.format, a.output.as_deref())?;

@@ -96,11 +96,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         return Err(usage("--alpha must be within (0, 1)"));
     }
     let path = crate::task_path(&a.config);
-    let sp = store_path_for(&path);
-    if !sp.exists() {
-        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
-    }
-    let store = Store::open(&sp)?;
+    let store = crate::commands::existing_store(&path)?;
     let (sa, sb) = (resolve_side(&store, &a.a)?, resolve_side(&store, &a.b)?);
     let cs = comparisons(&store, &sa, &sb, a.alpha, a.seed)?;
     if let Some(j) = &a.judge {

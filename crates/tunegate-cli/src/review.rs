@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use tunegate_core::review::{a_first, agreement, preference_stats, Choice, PreferenceStats, Tally, Verdict};
 use tunegate_run::compare::{fmt_p, resolve_side, side_groups, Side};
 use tunegate_run::judge::{latest_verdicts, paired_outputs, PairedOutput};
-use tunegate_store::{store_path_for, ReviewRow, ReviewSession, Store};
+use tunegate_store::{ReviewRow, ReviewSession, Store};
 
 #[derive(Args)]
 pub struct ReviewArgs {
@@ -77,11 +77,7 @@ pub fn run(a: ReviewArgs) -> Result<ExitCode> {
         return Err(usage("--alpha must be within (0, 1)"));
     }
     let path = crate::task_path(&a.config);
-    let sp = store_path_for(&path);
-    if !sp.exists() {
-        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), path.display())));
-    }
-    let store = Store::open(&sp)?;
+    let store = crate::commands::existing_store(&path)?;
     let sa = one_group(&store, resolve_side(&store, &a.a)?, &a.a)?;
     let sb = one_group(&store, resolve_side(&store, &a.b)?, &a.b)?;
     let (la, lb) = (sa.label(), sb.label());
