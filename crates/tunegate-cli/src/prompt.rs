@@ -276,7 +276,7 @@ fn ci(r: &RateCi) -> String {
 
 fn delta_text(d: &Delta) -> String {
     if d.regressions + d.improvements == 0 {
-        return "±0.0 pts (same verdicts)".into();
+        return "0.0 pts (same verdicts)".into();
     }
     format!("{} ({} to {})", signed(d.delta), signed(d.low), signed(d.high))
 }
@@ -284,7 +284,7 @@ fn delta_text(d: &Delta) -> String {
 fn signed(x: f64) -> String {
     let v = x * 100.0;
     if v.abs() < 0.05 {
-        "±0.0 pts".into()
+        "0.0 pts".into()
     } else {
         format!("{v:+.1} pts")
     }
