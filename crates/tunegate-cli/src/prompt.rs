@@ -67,8 +67,10 @@ pub struct LabArgs {
     /// Retries after the first attempt on 429 / 5xx / timeouts.
     #[arg(long, default_value_t = 4)]
     pub max_retries: u32,
+    /// No progress bar and no step lines.
     #[arg(long)]
     pub no_progress: bool,
+    /// Report format (the JSON is what `tunegate advise` reads from the store).
     #[arg(long, value_enum, default_value = "text")]
     pub format: LabFormat,
     /// Write the report to a file instead of stdout.
