@@ -824,7 +824,10 @@ pub fn curve_shape(points: &[SweepPoint], per_case: &[Vec<f64>], alpha: f64) -> 
         CurveShape::Falling
     } else if g.estimate <= 0.0 || g.p_value >= alpha {
         CurveShape::Flat
-    } else if step.estimate > 0.0 && step.p_value < alpha {
+    } else if step.estimate > 0.0 && step.p_value < alpha && points[last].pooled.mean >= points[best].pooled.mean {
+        // Still rising: the last step is a significant gain and the largest
+        // k is the best point (a last step up that does not regain an
+        // earlier peak is noise around a plateau).
         CurveShape::Rising
     } else {
         CurveShape::Plateau
@@ -916,6 +919,30 @@ mod tests {
             out,
             "version: 1\nprompts:\n  - id: a   # first\n    template: \"x {{ input }}\"\n  # written by a test\n  - id: \"a-min\"\n    system: \"Be \\\"brief\\\".\"\n    template: \"Line one.\\nIn: {{ input }}\"\n    shots: { k: 4, strategy: stratified, seed: 1, order: [2, 0] }\n\n# providers below\nproviders:\n  - id: echo\n"
         );
+    }
+
+    #[test]
+    fn curve_shapes() {
+        // Per-case pass fractions for 100 cases at each point.
+        let curve = |rates: &[f64]| -> (Vec<SweepPoint>, Vec<Vec<f64>>) {
+            let per: Vec<Vec<f64>> = rates.iter().map(|r| (0..100).map(|i| if (i as f64) < r * 100.0 { 1.0 } else { 0.0 }).collect()).collect();
+            let pts = rates
+                .iter()
+                .enumerate()
+                .map(|(k, r)| SweepPoint { k, shown: k, seeds: vec![0], per_seed: vec![], pooled: Pooled { cases: 100, mean: *r, low: 0.0, high: 1.0 }, prompt_tokens: 0.0, cost_per_call_usd: None, step_gain: None, step_p: None })
+                .collect();
+            (pts, per)
+        };
+        let shape = |rates: &[f64]| {
+            let (p, c) = curve(rates);
+            curve_shape(&p, &c, 0.05).0
+        };
+        assert_eq!(shape(&[0.1, 0.3, 0.5, 0.7]), CurveShape::Rising);
+        assert_eq!(shape(&[0.1, 0.6, 0.6, 0.6]), CurveShape::Plateau);
+        // A last step up that does not regain the earlier peak: plateau.
+        assert_eq!(shape(&[0.0, 0.5, 0.6, 0.45, 0.58]), CurveShape::Plateau);
+        assert_eq!(shape(&[0.3, 0.3, 0.31, 0.3]), CurveShape::Flat);
+        assert_eq!(shape(&[0.1, 0.7, 0.4]), CurveShape::Falling);
     }
 
     #[test]

@@ -176,7 +176,10 @@ pub fn sign_test(wins: u64, losses: u64) -> f64 {
 
 /// A p-value as people read it: 4 decimals, scientific when tiny.
 pub fn fmt_p(p: f64) -> String {
-    if p < 1e-4 {
+    if p < 1e-300 {
+        // Below what the normal approximation can resolve.
+        "< 1e-300".into()
+    } else if p < 1e-4 {
         format!("{p:.1e}")
     } else {
         format!("{p:.4}")
