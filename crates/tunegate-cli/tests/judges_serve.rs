@@ -5,35 +5,13 @@
 //! error row, never a pass by default.
 
 mod common;
-use common::model_present;
+use common::{model_present, start_server, Server};
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 fn start() -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["serve", "--addr", &addr]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Server { child, port }
+    start_server(&[])
 }
 
 fn tg(args: &[&str], cwd: &Path) -> std::process::Output {

@@ -637,8 +637,7 @@ pub async fn vary(lab: &mut Lab, src: &PromptSource, o: &VaryOptions, log: &dyn 
 /// Paraphrases of an instruction from a model, through the response cache
 /// (asking again is free).
 pub async fn paraphrase(provider: &Arc<dyn Provider>, spec: &ProviderSpec, store_path: &std::path::Path, instruction: &str, n: u64) -> Result<Vec<String>, LabError> {
-    let store = Store::open(store_path).map_err(RunError::from)?;
-    let mut store_w = Store::open(store_path).map_err(RunError::from)?;
+    let mut store = Store::open(store_path).map_err(RunError::from)?;
     let mut out = vec![];
     for i in 0..n {
         let messages = vec![Message::new(
@@ -658,7 +657,7 @@ pub async fn paraphrase(provider: &Arc<dyn Provider>, spec: &ProviderSpec, store
             Some(c) => c.output,
             None => {
                 let resp = provider.complete(&Request { messages, params }).await.map_err(|e| LabError::Input(format!("--paraphrase-with {}: {e}", provider.name())))?;
-                store_w
+                store
                     .insert_results(&[], &[(key, provider.name().to_string(), CachedResponse { output: resp.output.clone(), prompt_tokens: resp.prompt_tokens, completion_tokens: resp.completion_tokens, cost_usd: resp.cost_usd, latency_ms: 0.0 })])
                     .map_err(RunError::from)?;
                 resp.output

@@ -17,3 +17,40 @@ pub fn model_present() -> bool {
     }
     true
 }
+
+/// A `tunegate serve` process on a free loopback port, killed on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `tunegate serve` with `extra` arguments and waits until it accepts connections.
+pub fn start_server(extra: &[&str]) -> Server {
+    use std::time::{Duration, Instant};
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["serve", "--addr", &addr])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Server { child, port }
+}
