@@ -15,6 +15,44 @@ pub enum BenchCommand {
     Harness(HarnessArgs),
     /// The local model: prefill and decode tokens/s, batched eval cases/s, peak RSS.
     Model(ModelBenchArgs),
+    /// LoRA training on the local model: tokens/s and peak RSS.
+    Tune(TuneBenchArgs),
+}
+
+#[derive(Args)]
+pub struct TuneBenchArgs {
+    #[arg(long, default_value = "gemma-3-270m")]
+    pub model: String,
+    /// Examples per optimizer step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// The loss covers the last N tokens of each example (its completion);
+    /// 0 puts it on every position.
+    #[arg(long, default_value_t = 4)]
+    pub loss_tokens: usize,
+    /// Timed optimizer steps (after one untimed warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA target modules, comma-separated.
+    #[arg(long, default_value = "q,v")]
+    pub targets: String,
+    /// Split each step into this many passes (gradient accumulation) to
+    /// bound memory; the step still sees `batch` examples.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Recompute each layer's activations in the backward pass (less
+    /// memory, more compute), as `tune.gradient_checkpointing`.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Also write the token ids trained on (JSON), so a peer
+    /// (scripts/bench-tune-peft.py) trains on exactly the same data.
+    #[arg(long)]
+    pub dump_data: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -52,6 +90,7 @@ pub fn run(c: BenchCommand) -> Result<ExitCode> {
     match c {
         BenchCommand::Harness(a) => harness(a),
         BenchCommand::Model(a) => model_bench(a),
+        BenchCommand::Tune(a) => tune_bench(a),
     }
 }
 
@@ -224,4 +263,149 @@ fn model_bench(a: ModelBenchArgs) -> Result<ExitCode> {
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Training throughput on fixed-shape data: every example is `seq_len`
+/// tokens of the bundled example's real text (messages and their teams,
+/// one after another), the loss on its last `loss_tokens`. Fixed shapes
+/// make the figure comparable with a peer given the same ids.
+fn tune_bench(a: TuneBenchArgs) -> Result<ExitCode> {
+    use tunegate_model::lora::{train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+    if a.batch == 0
+        || a.seq_len < 2
+        || a.steps == 0
+        || a.grad_accum == 0
+        || a.batch % a.grad_accum != 0
+    {
+        anyhow::bail!(crate::commands::usage(
+            "need --batch >= 1 divisible by --grad-accum, --seq-len >= 2 and --steps >= 1"
+        ));
+    }
+    let path = tunegate_model::resolve_model(&a.model)
+        .map_err(|e| crate::commands::usage(e.to_string()))?;
+    let g = tunegate_model::GgufFile::open(&path)?;
+    let tok = tunegate_model::Tokenizer::from_gguf(&g)?;
+    let examples_text = crate::quickstart::EXAMPLE
+        .iter()
+        .find(|(n, _)| *n == "data/examples.jsonl")
+        .map(|(_, t)| *t)
+        .unwrap_or_default();
+    let mut text = String::new();
+    for line in examples_text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        text.push_str(&format!(
+            "Message: {}\nTeam: {}\n\n",
+            v["input"].as_str().unwrap_or(""),
+            v["expected"].as_str().unwrap_or("")
+        ));
+    }
+    let stream = tok.encode(&text, false, false);
+    let n = a.batch * (a.steps + 1);
+    let body = a.seq_len - 1;
+    let loss_from = if a.loss_tokens == 0 {
+        1
+    } else {
+        a.seq_len.saturating_sub(a.loss_tokens).max(1)
+    };
+    let examples: Vec<TrainExample> = (0..n)
+        .map(|i| {
+            let mut t = vec![tok.bos_id().unwrap_or(2)];
+            t.extend((0..body).map(|j| stream[(i * body + j) % stream.len()]));
+            TrainExample {
+                tokens: t,
+                loss_from,
+            }
+        })
+        .collect();
+    if let Some(p) = &a.dump_data {
+        let data = json!({"seq_len": a.seq_len, "batch": a.batch, "loss_from": loss_from, "examples": examples.iter().map(|e| &e.tokens).collect::<Vec<_>>()});
+        std::fs::write(p, data.to_string())?;
+    }
+    let targets: Vec<String> = a
+        .targets
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let lora = LoraConfig {
+        rank: a.rank,
+        alpha: 2.0 * a.rank as f64,
+        dropout: 0.0,
+        targets,
+    };
+    let t0 = Instant::now();
+    let mut model = LoraModel::load(
+        &path,
+        tunegate_model::gemma3::Config::from_file(&path)?,
+        lora,
+        0,
+    )?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let o = TrainOptions {
+        epochs: 1,
+        batch_size: a.batch / a.grad_accum,
+        grad_accum: a.grad_accum,
+        gradient_checkpointing: a.gradient_checkpointing,
+        learning_rate: 1e-4,
+        warmup_steps: 0,
+        schedule: "constant".into(),
+        ..Default::default()
+    };
+    let mut marks: Vec<(Instant, usize, f64)> = vec![];
+    let start = Instant::now();
+    train(
+        &mut model,
+        &examples,
+        &[],
+        &o,
+        &mut |s| marks.push((Instant::now(), s.tokens, s.loss)),
+        &mut |_| {},
+    )?;
+    // Step 0 warms the allocator and caches; the rest are timed.
+    let timed = &marks[1..];
+    let secs = timed
+        .last()
+        .map(|m| m.0)
+        .unwrap_or(start)
+        .duration_since(marks[0].0)
+        .as_secs_f64();
+    let tokens: usize = timed.iter().map(|m| m.1).sum();
+    println!(
+        "{}",
+        json!({
+            "bench": "tune",
+            "tool": "tunegate",
+            "model": path.file_name().map(|f| f.to_string_lossy().to_string()),
+            "threads": candle_threads(),
+            "load_s": load_s,
+            "batch": a.batch,
+            "grad_accum": a.grad_accum,
+            "gradient_checkpointing": a.gradient_checkpointing,
+            "seq_len": a.seq_len,
+            "loss_tokens": a.loss_tokens,
+            "rank": a.rank,
+            "targets": a.targets,
+            "steps_timed": timed.len(),
+            "step_s": marks.windows(2).map(|w| w[1].0.duration_since(w[0].0).as_secs_f64()).collect::<Vec<_>>(),
+            "s_per_step": secs / timed.len().max(1) as f64,
+            "train_tok_s": tokens as f64 / secs,
+            "loss_first": marks.first().map(|m| m.2),
+            "loss_last": marks.last().map(|m| m.2),
+            "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The thread count candle's CPU kernels use (they honour RAYON_NUM_THREADS).
+fn candle_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }

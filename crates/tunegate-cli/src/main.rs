@@ -29,6 +29,25 @@ use clap::{Parser, Subcommand};
 /// harness (many small allocations across the runner, writer and workers).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's own option setter (the C library the allocator links).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's option enum (mimalloc.h).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Keeps freed memory mapped instead of returning it to the OS. Tensor code
+/// frees and reallocates buffers of the same few large sizes at every layer
+/// and step; with the default 10 ms purge delay each reuse faulted in fresh
+/// (zeroed, huge) pages: 41% of a LoRA training step's time went to the
+/// kernel clearing pages. The cost is that the resident size stays at its
+/// peak instead of shrinking between steps; the peak itself does not grow.
+fn keep_freed_memory() {
+    // SAFETY: sets one integer option; mimalloc reads options at use time.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -89,6 +108,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => commands::init(a),

@@ -16,7 +16,7 @@ use tunegate_store::{store_path_for, Store};
 
 /// The bundled example, compiled into the binary so quickstart works from
 /// any directory.
-const EXAMPLE: &[(&str, &str)] = &[
+pub const EXAMPLE: &[(&str, &str)] = &[
     ("tunegate.yaml", include_str!("../../../examples/support-triage/tunegate.yaml")),
     ("README.md", include_str!("../../../examples/support-triage/README.md")),
     ("baseline.sh", include_str!("../../../examples/support-triage/baseline.sh")),

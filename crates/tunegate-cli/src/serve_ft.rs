@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tunegate_core::data::export::{validate, ExportFormat};
-use tunegate_model::lora::{train_resumable, Checkpointing, LoraConfig, LoraModel, TrainExample, TrainOptions};
+use tunegate_model::lora::{train_resumable, Checkpointing, Hooks, LoraConfig, LoraModel, TrainExample, TrainOptions};
 
 use super::serve::{authorize, error, AppState};
 
@@ -210,13 +210,16 @@ fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std:
         &opts,
         Some(Checkpointing { dir: &ck, every: 10 }),
         None,
-        &mut |s| {
-            job.trained_tokens.fetch_add(s.tokens as u64, Ordering::Relaxed);
-            job.event("info", format!("Step {}/{total}: training loss={:.4}", s.step + 1, s.loss), json!({"step": s.step + 1, "train_loss": s.loss}));
-        },
-        &mut |epoch, _| {
-            let n = job.checkpoints.lock().unwrap().len();
-            job.checkpoints.lock().unwrap().push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": (epoch + 1) * examples.len().div_ceil(opts.batch_size), "created_at": chrono::Utc::now().timestamp()}));
+        Hooks {
+            on_step: &mut |s| {
+                job.trained_tokens.fetch_add(s.tokens as u64, Ordering::Relaxed);
+                job.event("info", format!("Step {}/{total}: training loss={:.4}", s.step + 1, s.loss), json!({"step": s.step + 1, "train_loss": s.loss}));
+            },
+            on_epoch: &mut |e| {
+                let n = job.checkpoints.lock().unwrap().len();
+                job.checkpoints.lock().unwrap().push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": (e.epoch + 1) * examples.len().div_ceil(opts.batch_size), "created_at": chrono::Utc::now().timestamp()}));
+            },
+            metric: None,
         },
     )
     .map_err(|e| e.to_string())?;

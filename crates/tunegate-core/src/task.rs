@@ -281,6 +281,15 @@ pub struct TuneSpec {
     pub checkpoint_every: Option<u32>,
     #[serde(default)]
     pub early_stopping_patience: Option<u32>,
+    /// What picks the best epoch and drives early stopping: `loss` (the
+    /// validation loss, the default) or `metric` (the share of validation
+    /// cases that pass the task's assertions; ties go to the lower loss).
+    #[serde(default)]
+    pub select_by: Option<String>,
+    /// Recompute activations in the backward pass instead of keeping them:
+    /// far less memory for about a third more compute.
+    #[serde(default)]
+    pub gradient_checkpointing: Option<bool>,
     #[serde(default)]
     pub base_url: Option<String>,
     #[serde(default)]
@@ -556,6 +565,17 @@ impl Task {
         if let Some(t) = &f.tune {
             if !ids.contains(&t.prompt) {
                 return Err(self.err(self.line_of("prompt", &t.prompt, 1), "tune.prompt", format!("no prompt with id `{}`", t.prompt)));
+            }
+            if let Some(s) = t.select_by.as_deref().filter(|s| !["loss", "metric"].contains(s)) {
+                return Err(self.err(self.key_line("select_by"), "tune.select_by", format!("unknown value `{s}`")).hint("use `loss` (validation loss) or `metric` (validation pass rate)"));
+            }
+            if let Some(s) = t.lr_schedule.as_deref().filter(|s| !["cosine", "linear", "constant"].contains(s)) {
+                return Err(self.err(self.key_line("lr_schedule"), "tune.lr_schedule", format!("unknown schedule `{s}`")).hint("use cosine, linear or constant"));
+            }
+            for (key, v) in [("batch_size", t.batch_size), ("grad_accum", t.grad_accum), ("threads", t.threads)] {
+                if v == Some(0) {
+                    return Err(self.err(self.key_line(key), &format!("tune.{key}"), "must be at least 1"));
+                }
             }
         }
         if let Some(a) = &f.advise {
