@@ -35,35 +35,66 @@ struct Frozen {
     w: Tensor,
 }
 
+/// A row-major matrix operand for [`gemm`]: its data and the element
+/// steps between rows and between columns (a transposed view is just
+/// swapped steps).
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// dst (m x n, row-major) = beta * lhs (m x k) * rhs (k x n), or
+/// dst += beta * ... when `accumulate`. Straight into the caller's buffer:
+/// candle's matmul zero-fills a fresh output and the frozen-linear op then
+/// copied its input and output once more; at these sizes those copies cost
+/// about as much as the arithmetic's memory traffic.
+fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    assert!(dst.len() >= m * n && lhs.data.len() >= (m.max(1) - 1) * lhs.rs + (k.max(1) - 1) * lhs.cs + 1 && rhs.data.len() >= (k.max(1) - 1) * rhs.rs + (n.max(1) - 1) * rhs.cs + 1);
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the bounds are asserted above; dst does not alias the inputs
+    // (it is a distinct &mut).
+    unsafe {
+        gemm::gemm(m, n, k, dst.as_mut_ptr(), 1, n as isize, accumulate, lhs.data.as_ptr(), lhs.cs as isize, lhs.rs as isize, rhs.data.as_ptr(), rhs.cs as isize, rhs.rs as isize, 1.0, beta, false, false, false, par);
+    }
+}
+
+/// A fresh m x n product (not zero-filled first: gemm writes every element).
+fn gemm_new(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> Vec<f32> {
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: f32 has no invalid bit patterns and gemm (accumulate = false)
+    // writes all m * n elements before anything reads them.
+    unsafe { dst.set_len(m * n) };
+    gemm_into(&mut dst, m, n, k, lhs, rhs, 1.0, false);
+    dst
+}
+
+/// x W^T for x [rows, inp] and W [out, inp], both row-major.
+fn x_wt(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
+    gemm_new(rows, out, inp, Mat { data: x, rs: inp, cs: 1 }, Mat { data: w, rs: 1, cs: inp })
+}
+
 impl CustomOp1 for Frozen {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (o1, o2) = l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("frozen-linear needs a contiguous input".into())
-        })?;
-        let x = &s.as_slice::<f32>()?[o1..o2];
+        let x = contiguous_input(s, l, "frozen-linear")?;
         let dims = l.shape().dims();
         let inp = *dims.last().unwrap();
-        let rows = x.len() / inp;
-        let xt = Tensor::from_slice(x, (rows, inp), &Device::Cpu)?;
-        let y = xt.matmul(&self.w.t()?)?;
         let out = self.w.dim(0)?;
+        let y = with_data(&self.w, |w| x_wt(x, w, x.len() / inp, inp, out))?;
         let mut od = dims.to_vec();
         *od.last_mut().unwrap() = out;
-        Ok((
-            CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
-            Shape::from(od),
-        ))
+        Ok((CpuStorage::F32(y), Shape::from(od)))
     }
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.broadcast_matmul(&self.w)?))
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (out, inp) = self.w.dims2()?;
+        let dx = with_data(grad, |g| with_data(&self.w, |w| gemm_new(g.len() / out, inp, out, Mat { data: g, rs: out, cs: 1 }, Mat { data: w, rs: inp, cs: 1 })))??;
+        let mut dims = grad.dims().to_vec();
+        *dims.last_mut().unwrap() = inp;
+        Ok(Some(Tensor::from_vec(dx, dims, grad.device())?))
     }
 }
 
@@ -322,20 +353,6 @@ struct LoraLinear {
     scale: f64,
 }
 
-impl LoraLinear {
-    fn rows(x: &Tensor) -> candle_core::Result<Tensor> {
-        let inp = *x.dims().last().unwrap_or(&1);
-        x.reshape((x.elem_count() / inp, inp))
-    }
-
-    fn dropped(&self, x2: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.mask {
-            Some(m) => x2 * Self::rows(m)?,
-            None => Ok(x2.clone()),
-        }
-    }
-}
-
 impl candle_core::CustomOp3 for LoraLinear {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -344,30 +361,66 @@ impl candle_core::CustomOp3 for LoraLinear {
         let dims = l1.shape().dims();
         let inp = *dims.last().unwrap_or(&1);
         let x = contiguous_input(s1, l1, "lora-linear")?;
-        let x2 = Tensor::from_slice(x, (x.len() / inp, inp), &Device::Cpu)?;
-        let a = Tensor::from_slice(contiguous_input(s2, l2, "lora-linear")?, l2.shape(), &Device::Cpu)?;
-        let b = Tensor::from_slice(contiguous_input(s3, l3, "lora-linear")?, l3.shape(), &Device::Cpu)?;
-        let low = self.dropped(&x2)?.matmul(&a.t()?)?;
-        let y = (x2.matmul(&self.w.t()?)? + (low * self.scale)?.matmul(&b.t()?)?)?;
+        let (a, b) = (contiguous_input(s2, l2, "lora-linear")?, contiguous_input(s3, l3, "lora-linear")?);
+        let (out, rows, r) = (self.w.dim(0)?, x.len() / inp, l2.shape().dims()[0]);
+        let mut y = with_data(&self.w, |w| x_wt(x, w, rows, inp, out))?;
+        let low = match &self.mask {
+            Some(m) => with_data(m, |m| {
+                let xd: Vec<f32> = x.iter().zip(m).map(|(x, m)| x * m).collect();
+                x_wt(&xd, a, rows, inp, r)
+            })?,
+            None => x_wt(x, a, rows, inp, r),
+        };
+        // y += s * low B^T
+        gemm_into(&mut y, rows, out, r, Mat { data: &low, rs: r, cs: 1 }, Mat { data: b, rs: 1, cs: r }, self.scale as f32, true);
         let mut od = dims.to_vec();
-        *od.last_mut().unwrap() = self.w.dim(0)?;
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), Shape::from(od)))
+        *od.last_mut().unwrap() = out;
+        Ok((CpuStorage::F32(y), Shape::from(od)))
     }
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (a, b) = (a.detach(), b.detach());
-        let x2 = Self::rows(&x.detach())?;
-        let g = Self::rows(&grad.detach())?;
-        let xd = self.dropped(&x2)?;
-        let gb = (g.matmul(&b)? * self.scale)?;
-        let back = gb.matmul(&a)?;
-        let back = match &self.mask {
-            Some(m) => (back * Self::rows(m)?)?,
-            None => back,
+        let (out, inp) = self.w.dims2()?;
+        let r = a.dim(0)?;
+        let s = self.scale as f32;
+        let mask = match &self.mask {
+            Some(m) => Some(with_data(m, |m| m.to_vec())?),
+            None => None,
         };
-        let dx = (g.matmul(&self.w)? + back)?.reshape(x.shape())?;
-        let da = gb.t()?.matmul(&xd)?;
-        let db = (g.t()?.matmul(&xd.matmul(&a.t()?)?)? * self.scale)?;
-        Ok((Some(dx), Some(da), Some(db)))
+        let (dx, da, db) = with_data(x, |x| {
+            with_data(grad, |g| {
+                with_data(a, |av| {
+                    with_data(b, |bv| {
+                        with_data(&self.w, |w| {
+                            let rows = x.len() / inp;
+                            let xd: std::borrow::Cow<[f32]> = match &mask {
+                                Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>().into(),
+                                None => x.into(),
+                            };
+                            // gb = s g B  [rows, r]
+                            let mut gb = gemm_new(rows, r, out, Mat { data: g, rs: out, cs: 1 }, Mat { data: bv, rs: r, cs: 1 });
+                            gb.iter_mut().for_each(|v| *v *= s);
+                            // dx = g W + (gb A) * mask
+                            let mut dx = gemm_new(rows, inp, out, Mat { data: g, rs: out, cs: 1 }, Mat { data: w, rs: inp, cs: 1 });
+                            match &mask {
+                                None => gemm_into(&mut dx, rows, inp, r, Mat { data: &gb, rs: r, cs: 1 }, Mat { data: av, rs: inp, cs: 1 }, 1.0, true),
+                                Some(m) => {
+                                    let back = gemm_new(rows, inp, r, Mat { data: &gb, rs: r, cs: 1 }, Mat { data: av, rs: inp, cs: 1 });
+                                    dx.iter_mut().zip(back.iter().zip(m)).for_each(|(d, (b, m))| *d += b * m);
+                                }
+                            }
+                            // dA = gb^T xd  [r, in]
+                            let da = gemm_new(r, inp, rows, Mat { data: &gb, rs: 1, cs: r }, Mat { data: &xd, rs: inp, cs: 1 });
+                            // dB = s g^T (xd A^T)  [out, r]
+                            let xa = x_wt(&xd, av, rows, inp, r);
+                            let mut db = gemm_new(out, r, rows, Mat { data: g, rs: 1, cs: out }, Mat { data: &xa, rs: r, cs: 1 });
+                            db.iter_mut().for_each(|v| *v *= s);
+                            (dx, da, db)
+                        })
+                    })
+                })
+            })
+        })?????;
+        let dev = x.device();
+        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(da, a.shape(), dev)?), Some(Tensor::from_vec(db, b.shape(), dev)?)))
     }
 }
 
@@ -1120,7 +1173,7 @@ pub struct Checkpointing<'a> {
 
 /// The example order of an epoch: a function of (seed, epoch) alone, so a
 /// resumed run sees exactly the batches the interrupted one would have.
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
         seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
