@@ -28,6 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+mod block;
+
 type Op = Arc<Box<dyn CustomOp1 + Send + Sync>>;
 
 /// y = x W^T for a frozen W [out, in]; backward gives dL/dx only.
@@ -50,9 +52,16 @@ struct Mat<'a> {
 /// copied its input and output once more; at these sizes those copies cost
 /// about as much as the arithmetic's memory traffic.
 fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    gemm_checked(dst, m, n, k, lhs, rhs, beta, accumulate, true)
+}
+
+/// [`gemm_into`], on all threads or (`parallel` false, for callers that
+/// run many small products in parallel themselves) on the calling one.
+#[allow(clippy::too_many_arguments)]
+fn gemm_checked(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool, parallel: bool) {
     assert!(dst.len() >= m * n && lhs.data.len() >= (m.max(1) - 1) * lhs.rs + (k.max(1) - 1) * lhs.cs + 1 && rhs.data.len() >= (k.max(1) - 1) * rhs.rs + (n.max(1) - 1) * rhs.cs + 1);
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 && parallel { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the bounds are asserted above; dst does not alias the inputs
     // (it is a distinct &mut).
     unsafe {
@@ -660,6 +669,23 @@ impl LoraModel {
         })
     }
 
+    /// Dropout masks are a function of (pass, layer): both training paths,
+    /// and a checkpointed rerun of a layer, draw the same ones.
+    fn reseed_dropout(&self, li: usize) {
+        *self.dropout_rng.borrow_mut() = rand_chacha::ChaCha8Rng::seed_from_u64(self.dropout_seed.get() ^ (li as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+    }
+
+    /// Seeded dropout on an adapter's input (as PEFT does): the next mask of
+    /// `n` entries, 0 or 1 / (1 - p); None when not training or p = 0.
+    fn dropout_mask(&self, n: usize) -> Option<Vec<f32>> {
+        if !self.training || self.lora_cfg.dropout <= 0.0 {
+            return None;
+        }
+        let p = self.lora_cfg.dropout;
+        let mut rng = self.dropout_rng.borrow_mut();
+        Some((0..n).map(|_| if rng.gen::<f64>() < p { 0.0 } else { (1.0 / (1.0 - p)) as f32 }).collect())
+    }
+
     pub fn scale(&self) -> f64 {
         self.lora_cfg.alpha / self.lora_cfg.rank as f64
     }
@@ -676,14 +702,9 @@ impl LoraModel {
         let Some((a, b)) = self.adapters.get(&(li, name.to_string())) else {
             return x.apply_op1_arc(self.layers[li].w[name].clone());
         };
-        let mask = if self.training && self.lora_cfg.dropout > 0.0 {
-            // Seeded dropout on the adapter's input, as PEFT does.
-            let p = self.lora_cfg.dropout;
-            let mut rng = self.dropout_rng.borrow_mut();
-            let keep: Vec<f32> = (0..x.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { (1.0 / (1.0 - p)) as f32 }).collect();
-            Some(Tensor::from_vec(keep, x.shape(), x.device())?)
-        } else {
-            None
+        let mask = match self.dropout_mask(x.elem_count()) {
+            Some(keep) => Some(Tensor::from_vec(keep, x.shape(), x.device())?),
+            None => None,
         };
         let w = self.layers[li].weights[name].clone();
         x.apply_op3(a.as_tensor(), b.as_tensor(), LoraLinear { w, mask, scale: self.scale() })
@@ -717,48 +738,64 @@ impl LoraModel {
         self.head_loss(&x, p)
     }
 
-    /// The loss and the adapters' gradients with activation checkpointing:
-    /// a first pass keeps only each layer's input (T x d_model), then the
-    /// layers run again one at a time from the last, each backward through
-    /// its own graph with the gradient arriving from above (the gradient of
-    /// <layer(x), g> is the chain rule's step). Memory holds one layer's
-    /// activations instead of all of them, for one more forward pass of
-    /// compute. Dropout masks are drawn per layer, so the rerun sees the same.
-    pub fn loss_and_grads_checkpointed(&self, p: &Packed, vars: &[Var]) -> Result<(f64, Vec<Option<Tensor>>), ModelError> {
-        self.checkpointed(p, vars).map_err(ModelError::candle)
+    /// The loss and the adapters' gradients through the hand-written
+    /// blocks (see the `block` module): the same values as [`Self::loss`]
+    /// and its backward pass, in less time and memory. With `checkpoint`,
+    /// each block's activations are recomputed in the backward pass instead
+    /// of kept: memory holds one block's activations instead of all of them,
+    /// for one more forward pass of compute. The gradients come in the order
+    /// of [`Self::vars`].
+    pub fn loss_and_grads(&self, p: &Packed, checkpoint: bool) -> Result<(f64, Vec<Option<Tensor>>), ModelError> {
+        self.manual(p, checkpoint).map_err(ModelError::candle)
     }
 
-    fn checkpointed(&self, p: &Packed, vars: &[Var]) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
-        let ctx = self.pass_ctx(p)?;
-        let mut inputs = vec![self.embed_tokens(p)?.detach()];
-        for li in 0..self.layers.len() {
-            let y = self.layer(li, &inputs[li], &ctx)?.detach();
-            inputs.push(y);
+    fn manual(&self, p: &Packed, checkpoint: bool) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
+        use block::{AdapterGrad, Ctx};
+        let mut ad: HashMap<(usize, &'static str), AdapterGrad> = HashMap::new();
+        for ((li, name), (a, b)) in &self.adapters {
+            let name = TARGETS.iter().find(|(s, _)| s == name).map(|(s, _)| *s).unwrap_or("q");
+            ad.insert((*li, name), AdapterGrad { a: with_data(a.as_tensor(), |d| d.to_vec())?, b: with_data(b.as_tensor(), |d| d.to_vec())? });
         }
-        let top = Var::from_tensor(&inputs.pop().unwrap())?;
+        let tables = |base: f32| {
+            let r = self.rope(base, &p.positions);
+            (r.cos.as_ref().clone(), r.sin.as_ref().clone())
+        };
+        let c = Ctx { segments: p.segments(), t: p.tokens.len(), global: tables(self.cfg.rope_base_global), local: tables(self.cfg.rope_base_local) };
+        let mut x = with_data(&self.embed_tokens(p)?, |d| d.to_vec())?;
+        let (mut inputs, mut saved) = (vec![], vec![]);
+        for li in 0..self.layers.len() {
+            if checkpoint {
+                inputs.push(x.clone());
+            }
+            let (y, s) = self.block_fwd(li, x, &c, &ad)?;
+            if !checkpoint {
+                saved.push(s);
+            }
+            x = y;
+        }
+        let top = Var::from_tensor(&Tensor::from_vec(x, (1, c.t, self.cfg.d_model), &Device::Cpu)?)?;
         let loss = self.head_loss(top.as_tensor(), p)?;
         let value = loss.to_scalar::<f32>()? as f64;
         let grads = loss.backward()?;
-        let mut g = grads.get(top.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?;
+        let mut g = with_data(grads.get(top.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?, |d| d.to_vec())?;
         drop(grads);
-        let mut out: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut out: HashMap<(usize, &'static str), (Vec<f32>, Vec<f32>)> = HashMap::new();
         for li in (0..self.layers.len()).rev() {
-            let x = Var::from_tensor(&inputs[li])?;
-            let y = self.layer(li, x.as_tensor(), &ctx)?;
-            let grads = (y * &g)?.sum_all()?.backward()?;
-            for (acc, v) in out.iter_mut().zip(vars) {
-                if let Some(gv) = grads.get(v.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        None => gv.clone(),
-                        Some(a) => (a + gv)?,
-                    });
+            let s = if checkpoint { self.block_fwd(li, inputs.pop().unwrap(), &c, &ad)?.1 } else { saved.pop().unwrap() };
+            g = self.block_bwd(li, &s, &g, &c, &ad, &mut out)?;
+        }
+        let mut result = vec![];
+        for ((li, name), (a, b)) in &self.adapters {
+            let name = TARGETS.iter().find(|(s, _)| s == name).map(|(s, _)| *s).unwrap_or("q");
+            match out.remove(&(*li, name)) {
+                Some((da, db)) => {
+                    result.push(Some(Tensor::from_vec(da, a.as_tensor().shape(), &Device::Cpu)?));
+                    result.push(Some(Tensor::from_vec(db, b.as_tensor().shape(), &Device::Cpu)?));
                 }
-            }
-            if li > 0 {
-                g = grads.get(x.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg(format!("no gradient reached layer {li}'s input")))?;
+                None => result.extend([None, None]),
             }
         }
-        Ok((value, out))
+        Ok((value, result))
     }
 
     /// What every layer of a pass shares.
@@ -784,7 +821,7 @@ impl LoraModel {
         let eps = cfg.rms_eps as f32;
         // Dropout masks are a function of (pass, layer), so a checkpointed
         // rerun of this layer draws the same ones.
-        *self.dropout_rng.borrow_mut() = rand_chacha::ChaCha8Rng::seed_from_u64(self.dropout_seed.get() ^ (li as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+        self.reseed_dropout(li);
         let l = &self.layers[li];
         let local = cfg.is_local(li);
         let h = rms_norm(x, &l.attn_norm, eps)?;
@@ -916,7 +953,7 @@ pub struct TrainOptions {
     /// the validation loss; ties on the metric go to the lower loss.
     pub select_by_metric: bool,
     /// Recompute each layer's activations in the backward pass instead of
-    /// keeping them all (see [`LoraModel::loss_and_grads_checkpointed`]).
+    /// keeping them all (see [`LoraModel::loss_and_grads`]).
     pub gradient_checkpointing: bool,
 }
 
@@ -1255,16 +1292,8 @@ fn step_gradients(
             ^ (i as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
         model.dropout_seed.set(seed ^ mix);
         let w = p.targets.len() as f64 / total as f64;
-        let pass: Vec<Option<Tensor>> = if checkpointing {
-            let (loss, grads) = model.loss_and_grads_checkpointed(p, vars)?;
-            loss_sum += loss * w;
-            grads
-        } else {
-            let loss = model.loss(p)?;
-            loss_sum += loss.to_scalar::<f32>().map_err(ModelError::candle)? as f64 * w;
-            let grads = loss.backward().map_err(ModelError::candle)?;
-            vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect()
-        };
+        let (loss, pass) = model.loss_and_grads(p, checkpointing)?;
+        loss_sum += loss * w;
         for (acc, g) in sum.iter_mut().zip(pass) {
             if let Some(g) = g {
                 let g = if passes.len() == 1 { g } else { (g * w).map_err(ModelError::candle)? };

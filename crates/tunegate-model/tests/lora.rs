@@ -508,67 +508,44 @@ fn a_task_metric_can_pick_the_best_epoch() {
 }
 
 #[test]
-fn checkpointed_gradients_equal_the_full_graphs() {
+fn hand_written_gradients_equal_the_autograd_graphs() {
     let Some(path) = common::model_path() else {
         return;
     };
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let lora = LoraConfig {
-        rank: 2,
-        alpha: 4.0,
-        dropout: 0.1,
-        targets: vec!["q".into(), "v".into(), "down".into()],
-    };
-    let m = LoraModel::load(&path, Config::from_file(&path).unwrap(), lora, 4).unwrap();
-    for (_, b) in m.adapters.values() {
-        let s = b.as_tensor().shape().clone();
-        b.set(&(Tensor::randn(0f32, 1.0, s, &candle_core::Device::Cpu).unwrap() * 0.02).unwrap())
-            .unwrap();
-    }
-    // Dropout on: the rerun of each layer must draw the same masks.
-    assert!(m.training);
-    let ex = [
-        example(
-            &tok,
-            "Message: my card was charged twice\nTeam:",
-            " billing",
-        ),
-        example(&tok, "Message: the app crashes\nTeam:", " technical"),
-    ];
-    let p = pack(&ex.iter().collect::<Vec<_>>());
-    let vars = m.vars();
-    let loss = m.loss(&p).unwrap();
-    let full = loss.backward().unwrap();
-    let (value, ck) = m.loss_and_grads_checkpointed(&p, &vars).unwrap();
-    assert!(
-        (value - loss.to_scalar::<f32>().unwrap() as f64).abs() < 1e-5,
-        "loss {value} vs {}",
-        loss.to_scalar::<f32>().unwrap()
-    );
-    let (mut worst, mut scale) = (0f32, 0f32);
-    for (v, g) in vars.iter().zip(&ck) {
-        let a = full
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = g
-            .as_ref()
-            .expect("every adapter gets a gradient")
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            worst = worst.max((x - y).abs());
-            scale = scale.max(x.abs());
+    // A short sliding window (3) so the local layers' masking is exercised
+    // on these short examples; both paths must agree on it too.
+    for (window, dropout) in [(512, 0.0), (3, 0.1)] {
+        let mut cfg = Config::from_file(&path).unwrap();
+        cfg.sliding_window = window;
+        let lora = LoraConfig { rank: 2, alpha: 4.0, dropout, targets: vec!["q".into(), "k".into(), "v".into(), "o".into(), "gate".into(), "up".into(), "down".into()] };
+        let m = LoraModel::load(&path, cfg, lora, 4).unwrap();
+        for (_, b) in m.adapters.values() {
+            let s = b.as_tensor().shape().clone();
+            b.set(&(Tensor::randn(0f32, 1.0, s, &candle_core::Device::Cpu).unwrap() * 0.02).unwrap()).unwrap();
+        }
+        // Training mode: with dropout, every path must draw the same masks.
+        assert!(m.training);
+        let ex = [example(&tok, "Message: my card was charged twice\nTeam:", " billing"), example(&tok, "Message: the app crashes\nTeam:", " technical")];
+        let p = pack(&ex.iter().collect::<Vec<_>>());
+        let vars = m.vars();
+        let loss = m.loss(&p).unwrap();
+        let reference = loss.backward().unwrap();
+        for checkpoint in [false, true] {
+            let (value, grads) = m.loss_and_grads(&p, checkpoint).unwrap();
+            assert!((value - loss.to_scalar::<f32>().unwrap() as f64).abs() < 1e-4, "loss {value} vs {}", loss.to_scalar::<f32>().unwrap());
+            let (mut worst, mut scale) = (0f32, 0f32);
+            for (v, g) in vars.iter().zip(&grads) {
+                let a = reference.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let b = g.as_ref().expect("every adapter gets a gradient").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    worst = worst.max((x - y).abs());
+                    scale = scale.max(x.abs());
+                }
+            }
+            eprintln!("window {window}, dropout {dropout}, checkpoint {checkpoint}: worst difference {worst:.2e} (largest gradient {scale:.2e})");
+            assert!(scale > 0.0);
+            assert!(worst <= scale * 1e-3, "hand-written gradients differ by {worst} (largest gradient {scale})");
         }
     }
-    assert!(scale > 0.0);
-    assert!(
-        worst <= scale * 1e-4,
-        "checkpointed gradients differ by {worst} (largest gradient {scale})"
-    );
 }
