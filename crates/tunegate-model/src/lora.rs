@@ -773,12 +773,8 @@ impl LoraModel {
             }
             x = y;
         }
-        let top = Var::from_tensor(&Tensor::from_vec(x, (1, c.t, self.cfg.d_model), &Device::Cpu)?)?;
-        let loss = self.head_loss(top.as_tensor(), p)?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        let grads = loss.backward()?;
-        let mut g = with_data(grads.get(top.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient reached the last layer".into()))?, |d| d.to_vec())?;
-        drop(grads);
+        let (value, mut g) = self.head_fwd_bwd(&x, &p.targets)?;
+        drop(x);
         let mut out: HashMap<(usize, &'static str), (Vec<f32>, Vec<f32>)> = HashMap::new();
         for li in (0..self.layers.len()).rev() {
             let s = if checkpoint { self.block_fwd(li, inputs.pop().unwrap(), &c, &ad)?.1 } else { saved.pop().unwrap() };

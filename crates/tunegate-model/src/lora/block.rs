@@ -356,3 +356,56 @@ fn softmax_bwd_rows(dp: &mut [f32], p: &[f32], n: usize, window: Option<usize>) 
         }
     }
 }
+
+/// Rows of the output head computed at once: 128 x 262,144 logits are
+/// 128 MB, so the loss over every position of a batch never holds them all.
+const HEAD_CHUNK: usize = 128;
+
+impl LoraModel {
+    /// Final norm, the tied output head and mean cross-entropy at the
+    /// packed targets' rows, forward and backward together, in chunks of
+    /// rows: returns the loss and dL/dx for the last block's output x.
+    pub(super) fn head_fwd_bwd(&self, x: &[f32], targets: &[(usize, u32)]) -> candle_core::Result<(f64, Vec<f32>)> {
+        use super::{gemm_new, Mat};
+        let d = self.cfg.d_model;
+        let eps = self.cfg.rms_eps as f32;
+        let n = targets.len();
+        let mut gx = vec![0f32; x.len()];
+        let mut total = 0f64;
+        super::with_data(&self.embed, |e| {
+            let vocab = e.len() / d;
+            for chunk in targets.chunks(HEAD_CHUNK) {
+                let c = chunk.len();
+                let xs: Vec<f32> = chunk.iter().flat_map(|(r, _)| x[r * d..(r + 1) * d].iter().copied()).collect();
+                let xn = rms_fwd(&xs, &self.out_norm, eps);
+                // logits [c, vocab] = xn E^T, turned in place into dL/dlogits.
+                let mut logits = super::x_wt(&xn, e, c, d, vocab);
+                let losses: Vec<f64> = logits
+                    .par_chunks_mut(vocab)
+                    .zip(chunk.par_iter())
+                    .map(|(row, &(_, t))| {
+                        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                        let sum: f64 = row.iter().map(|v| ((v - mx) as f64).exp()).sum();
+                        let lse = mx as f64 + sum.ln();
+                        let loss = lse - row[t as usize] as f64;
+                        let inv = 1.0 / n as f64;
+                        for v in row.iter_mut() {
+                            *v = ((*v as f64 - lse).exp() * inv) as f32;
+                        }
+                        row[t as usize] -= inv as f32;
+                        loss
+                    })
+                    .collect();
+                total += losses.iter().sum::<f64>();
+                let gxn = gemm_new(c, d, vocab, Mat { data: &logits, rs: vocab, cs: 1 }, Mat { data: e, rs: d, cs: 1 });
+                let gxs = rms_bwd(&xs, &self.out_norm, eps, &gxn, None);
+                for (i, (r, _)) in chunk.iter().enumerate() {
+                    for (g, v) in gx[r * d..(r + 1) * d].iter_mut().zip(&gxs[i * d..(i + 1) * d]) {
+                        *g += v;
+                    }
+                }
+            }
+        })?;
+        Ok((total / n.max(1) as f64, gx))
+    }
+}
