@@ -134,7 +134,12 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 }
 
 /// Parses a request body into the prompt text and sampling params.
-fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, tunegate_core::Params, bool, Option<std::path::PathBuf>), Response> {
+/// A parsed request: prompt text, generation settings, streaming, the
+/// adapter of a fine-tuned model, and how many top log-probabilities per
+/// token to report (None: no `logprobs`).
+type Parsed = (String, tunegate_core::Params, bool, Option<std::path::PathBuf>, Option<usize>);
+
+fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<Parsed, Response> {
     if body.len() > state.max_body {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("body over {} bytes", state.max_body)));
     }
@@ -197,7 +202,72 @@ fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<(String, 
             return Err(bad("`temperature` must be within 0..2"));
         }
     }
-    Ok((text, params, v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false), adapter))
+    let stream = v.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
+    // Chat: `logprobs: true` and `top_logprobs: 0..=20`; completions: the
+    // legacy `logprobs: 0..=5` (the number of alternatives).
+    let logprobs = if chat {
+        let on = match v.get("logprobs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            _ => return Err(bad("`logprobs` must be a boolean")),
+        };
+        let top = match v.get("top_logprobs") {
+            None | Some(Value::Null) => 0,
+            Some(x) => match x.as_u64().filter(|n| *n <= 20) {
+                Some(n) if on => n as usize,
+                Some(_) => return Err(bad("`top_logprobs` needs `logprobs: true`")),
+                None => return Err(bad("`top_logprobs` must be an integer within 0..=20")),
+            },
+        };
+        on.then_some(top)
+    } else {
+        match v.get("logprobs") {
+            None | Some(Value::Null) => None,
+            Some(x) => match x.as_u64().filter(|n| *n <= 5) {
+                Some(n) => Some(n as usize),
+                None => return Err(bad("`logprobs` must be an integer within 0..=5")),
+            },
+        }
+    };
+    if stream && logprobs.is_some() {
+        return Err(bad("`logprobs` with `stream: true` is not supported; request without streaming"));
+    }
+    Ok((text, params, stream, adapter, logprobs))
+}
+
+/// OpenAI's `logprobs` object for a completion: per-token entries for chat,
+/// parallel arrays for the legacy completions endpoint.
+fn logprobs_json(engine: &LocalEngine, c: &tunegate_providers::local::Completion, chat: bool) -> Value {
+    let tok = &engine.model.tokenizer;
+    let piece = |id: u32| -> (String, Vec<u8>) {
+        let b = tok.token_to_piece(id, false).to_vec();
+        (String::from_utf8_lossy(&b).into_owned(), b)
+    };
+    let top = |i: usize| -> Vec<(String, Vec<u8>, f32)> { c.top_logprobs.get(i).map(|t| t.iter().map(|&(id, lp)| { let (s, b) = piece(id); (s, b, lp) }).collect()).unwrap_or_default() };
+    if chat {
+        let content: Vec<Value> = c
+            .tokens
+            .iter()
+            .zip(&c.logprobs)
+            .enumerate()
+            .map(|(i, (&id, &lp))| {
+                let (s, b) = piece(id);
+                json!({"token": s, "logprob": lp, "bytes": b, "top_logprobs": top(i).into_iter().map(|(s, b, lp)| json!({"token": s, "logprob": lp, "bytes": b})).collect::<Vec<_>>()})
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    } else {
+        let mut offset = 0usize;
+        let (mut tokens, mut offsets) = (vec![], vec![]);
+        for &id in &c.tokens {
+            let (s, b) = piece(id);
+            offsets.push(offset);
+            offset += b.len();
+            tokens.push(s);
+        }
+        let tops: Vec<Value> = (0..c.tokens.len()).map(|i| Value::Object(top(i).into_iter().map(|(s, _, lp)| (s, json!(lp))).collect())).collect();
+        json!({"tokens": tokens, "token_logprobs": c.logprobs, "top_logprobs": if c.top_logprobs.is_empty() { Value::Null } else { json!(tops) }, "text_offset": offsets})
+    }
 }
 
 async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -212,7 +282,7 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let (text, params, stream, adapter) = match parse_request(&state, &body, chat) {
+    let (text, params, stream, adapter, logprobs) = match parse_request(&state, &body, chat) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -234,16 +304,18 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
     let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand_id());
     let created = chrono::Utc::now().timestamp();
     let model = v_model(&state, &body);
-    let gp = gen_params(&params);
+    let mut gp = gen_params(&params);
+    gp.top_logprobs = logprobs.unwrap_or(0);
     if !stream {
         let res = engine.complete(&text, gp, None, None).await;
         drop(permit);
         return match res {
             Ok(c) => {
+                let lp = if logprobs.is_some() { logprobs_json(&engine, &c, chat) } else { Value::Null };
                 let choice = if chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason})
+                    json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": lp, "finish_reason": c.finish_reason})
                 } else {
-                    json!({"index": 0, "text": c.text, "finish_reason": c.finish_reason})
+                    json!({"index": 0, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
                 };
                 axum::Json(json!({
                     "id": id, "object": if chat { "chat.completion" } else { "text_completion" }, "created": created, "model": model,

@@ -81,6 +81,40 @@ fn serve_speaks_openai_and_survives_bad_clients() {
     let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), req);
     assert_eq!(st, 200);
     assert!(body.contains("data: [DONE]"), "{body}");
+    // Log-probabilities: greedy picks the most likely token, so each
+    // chosen token heads its own top list with the same log-probability.
+    let req = r#"{"messages": [{"role": "user", "content": "The capital of France is"}], "max_tokens": 4, "temperature": 0, "logprobs": true, "top_logprobs": 3}"#;
+    let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), req);
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    let mut text = String::new();
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], t["token"], "{body}");
+        assert!((top[0]["logprob"].as_f64().unwrap() - t["logprob"].as_f64().unwrap()).abs() < 1e-6);
+        assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(t["bytes"].as_array().unwrap().len(), t["token"].as_str().unwrap().len());
+        text.push_str(t["token"].as_str().unwrap());
+    }
+    assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    let (st, body) = http(p, "POST", "/v1/completions", Some("test-key"), r#"{"prompt": "1, 2, 3,", "max_tokens": 4, "logprobs": 2}"#);
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let n = lp["tokens"].as_array().unwrap().len();
+    assert!(n > 0);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
+    assert_eq!(lp["text_offset"].as_array().unwrap().len(), n);
+    assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|t| t.as_object().unwrap().len() <= 2 && !t.as_object().unwrap().is_empty()));
+    for bad in [r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "stream": true}"#, r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#, r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#] {
+        let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), bad);
+        assert_eq!(st, 400, "{bad}: {body}");
+        assert!(body.contains("logprobs"), "{body}");
+    }
     // Still serving after all that.
     assert_eq!(http(p, "GET", "/v1/models", Some("test-key"), "").0, 200);
 }

@@ -14,6 +14,9 @@ pub struct GenParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// Also report, for each generated token, this many most likely
+    /// tokens with their log-probabilities (OpenAI's `top_logprobs`).
+    pub top_logprobs: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +25,9 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Log-probability of each generated token.
     pub logprobs: Vec<f32>,
+    /// Per generated token, the `top_logprobs` most likely tokens and their
+    /// log-probabilities, best first (empty when not asked for).
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     pub prompt_tokens: usize,
     /// `stop` (end of turn/text or a stop sequence) or `length`.
     pub finish_reason: String,
@@ -217,7 +223,7 @@ impl LocalModel {
         let mut samplers: Vec<Sampler> = prompts.iter().map(|(_, p)| Sampler::new(p.sampling.clone())).collect();
         let mut out: Vec<Generation> = prompts
             .iter()
-            .map(|(t, _)| Generation { text: String::new(), tokens: vec![], logprobs: vec![], prompt_tokens: t.len(), finish_reason: String::new() })
+            .map(|(t, _)| Generation { text: String::new(), tokens: vec![], logprobs: vec![], top_logprobs: vec![], prompt_tokens: t.len(), finish_reason: String::new() })
             .collect();
         let mut active: Vec<usize> = (0..prompts.len()).collect();
         let mut emitted: Vec<usize> = vec![0; prompts.len()];
@@ -255,6 +261,9 @@ impl LocalModel {
                 }
                 out[i].tokens.push(id);
                 out[i].logprobs.push(lp);
+                if params.top_logprobs > 0 {
+                    out[i].top_logprobs.push(crate::sample::top_logprobs(&logits[i], params.top_logprobs));
+                }
                 let text = self.tokenizer.decode(&out[i].tokens);
                 if let Some(pos) = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
                     out[i].text = text[..pos].to_string();

@@ -40,6 +40,23 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The `n` most likely tokens under the unmodified distribution, with
+/// their log-probabilities, best first (ties to the lower id).
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| ((l as f64) - max).exp()).sum::<f64>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if best.len() == n && l <= best[n - 1].1 {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= l);
+        best.insert(at, (i as u32, l));
+        best.truncate(n);
+    }
+    best.into_iter().map(|(i, l)| (i, ((l as f64) - lse) as f32)).collect()
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);

@@ -25,6 +25,11 @@ pub struct Completion {
     pub completion_tokens: usize,
     /// `stop`, `length` or `cancelled`.
     pub finish_reason: String,
+    /// The generated tokens with their log-probabilities and (when asked
+    /// for with `GenParams::top_logprobs`) the most likely alternatives.
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 /// One request to the model thread.
@@ -113,7 +118,7 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
                     let _ = s.send(label.clone());
                 }
                 let n = model.tokenizer.encode(&choices[best], false, false).len();
-                Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into() }
+                Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into(), tokens: vec![], logprobs: vec![], top_logprobs: vec![] }
             });
             let _ = j.reply.send(res);
         }
@@ -129,7 +134,7 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
         match model.generate_batch_stream(&inputs, &mut on_text) {
             Ok(gens) => {
                 for (j, g) in gen_jobs.into_iter().zip(gens) {
-                    let _ = j.reply.send(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason }));
+                    let _ = j.reply.send(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason, tokens: g.tokens, logprobs: g.logprobs, top_logprobs: g.top_logprobs }));
                 }
             }
             Err(e) => {
@@ -148,6 +153,7 @@ pub fn gen_params(p: &tunegate_core::Params) -> GenParams {
         max_tokens: p.max_tokens.unwrap_or(64) as usize,
         sampling: SamplingParams { temperature: p.temperature.unwrap_or(0.0) as f32, top_k: p.top_k.map(|k| k as usize), top_p: p.top_p.map(|x| x as f32), seed: p.seed.unwrap_or(0) },
         stop: p.stop.clone(),
+        top_logprobs: 0,
     }
 }
 
