@@ -192,13 +192,7 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     // Leakage always blocks tuning: the after-measurement would be memory.
     tunegate_core::data::refuse_on_leakage(&task)
         .map_err(|e| usage(format!("{e}; see `tunegate data check`")))?;
-    let examples_path = task.examples_path().ok_or_else(|| {
-        tunegate_core::InputError::new(
-            &task.path,
-            "fine-tuning trains on data.examples, which is not set",
-        )
-        .field("data.examples")
-    })?;
+    let examples_path = examples_path(&task)?;
     let render = |p: &std::path::Path| -> Result<String> {
         let cases = tunegate_core::load_cases(p)?;
         let ex = render_examples(&task, &cases, p)?;
@@ -297,6 +291,11 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
         store_path.display()
     );
     rt.block_on(watch(&client, &store, &job.id, &a, &path))
+}
+
+/// data.examples, which every fine-tuning backend trains on.
+fn examples_path(task: &Task) -> Result<PathBuf> {
+    Ok(task.examples_path().ok_or_else(|| tunegate_core::InputError::new(&task.path, "fine-tuning trains on data.examples, which is not set").field("data.examples"))?)
 }
 
 /// Polls a job until it ends, printing status changes and new events. Lost
@@ -424,13 +423,7 @@ pub fn local_tune_resumable(
         .map_err(|e| usage(format!("{e}; see `tunegate data check`")))?;
     let model_name = tune.base.strip_prefix("local:").ok_or_else(|| usage(format!("the local backend tunes the embedded model; tune.base is `{}` (use local:gemma-3-270m or local:PATH.gguf)", tune.base)))?;
     let model_path = tunegate_model::resolve_model(model_name).map_err(|e| usage(e.to_string()))?;
-    let examples_path = task.examples_path().ok_or_else(|| {
-        tunegate_core::InputError::new(
-            &task.path,
-            "fine-tuning trains on data.examples, which is not set",
-        )
-        .field("data.examples")
-    })?;
+    let examples_path = examples_path(task)?;
     if let Some(n) = threads.or(tune.threads) {
         // candle sizes its work split by RAYON_NUM_THREADS and runs it on
         // rayon's global pool; both must agree, and both are fixed at first use.

@@ -23,6 +23,14 @@ fn example(tok: &Tokenizer, prompt: &str, answer: &str) -> TrainExample {
     }
 }
 
+/// The model path and tokenizer, and routing examples `Message: M\nTeam: L`.
+fn routing(data: &[(&str, &str)]) -> Option<(std::path::PathBuf, Tokenizer, Vec<TrainExample>)> {
+    let path = common::model_path()?;
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let ex = data.iter().map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}"))).collect();
+    Some((path, tok, ex))
+}
+
 #[test]
 fn lora_gradients_match_finite_differences() {
     let Some(path) = common::model_path() else {
@@ -120,13 +128,7 @@ fn finite_difference(
 
 #[test]
 fn loss_falls_on_a_small_real_dataset() {
-    let Some(path) = common::model_path() else {
-        return;
-    };
-    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let cfg = Config::from_file(&path).unwrap();
-    let mut m = LoraModel::load(&path, cfg, LoraConfig::default(), 0).unwrap();
-    let data = [
+    let Some((path, _tok, ex)) = routing(&[
         ("I was charged twice this month", "billing"),
         ("The app crashes on start", "technical"),
         ("I cannot log in to my account", "account"),
@@ -135,11 +137,11 @@ fn loss_falls_on_a_small_real_dataset() {
         ("The thermostat shows an error", "technical"),
         ("Change the email on my profile", "account"),
         ("My delivery is late", "shipping"),
-    ];
-    let ex: Vec<TrainExample> = data
-        .iter()
-        .map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}")))
-        .collect();
+    ]) else {
+        return;
+    };
+    let cfg = Config::from_file(&path).unwrap();
+    let mut m = LoraModel::load(&path, cfg, LoraConfig::default(), 0).unwrap();
     let o = TrainOptions {
         epochs: 4,
         batch_size: 8,
@@ -190,22 +192,16 @@ fn loss_falls_on_a_small_real_dataset() {
 
 #[test]
 fn an_interrupted_run_resumed_from_its_checkpoint_ends_identical() {
-    let Some(path) = common::model_path() else {
-        return;
-    };
-    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let data = [
+    let Some((path, _tok, ex)) = routing(&[
         ("charged twice", "billing"),
         ("app crashes", "technical"),
         ("cannot log in", "account"),
         ("parcel late", "shipping"),
         ("refund please", "billing"),
         ("screen frozen", "technical"),
-    ];
-    let ex: Vec<TrainExample> = data
-        .iter()
-        .map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}")))
-        .collect();
+    ]) else {
+        return;
+    };
     let lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -323,20 +319,14 @@ fn an_interrupted_run_resumed_from_its_checkpoint_ends_identical() {
 
 #[test]
 fn packed_examples_do_not_see_each_other_and_accumulation_matches_one_big_batch() {
-    let Some(path) = common::model_path() else {
-        return;
-    };
-    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let data = [
+    let Some((path, _tok, ex)) = routing(&[
         ("charged twice for one order", "billing"),
         ("app crashes", "technical"),
         ("cannot log in since the update", "account"),
         ("parcel late", "shipping"),
-    ];
-    let ex: Vec<TrainExample> = data
-        .iter()
-        .map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}")))
-        .collect();
+    ]) else {
+        return;
+    };
     let lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -438,20 +428,14 @@ fn packed_examples_do_not_see_each_other_and_accumulation_matches_one_big_batch(
 
 #[test]
 fn a_task_metric_can_pick_the_best_epoch() {
-    let Some(path) = common::model_path() else {
-        return;
-    };
-    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let data = [
+    let Some((path, _tok, ex)) = routing(&[
         ("charged twice", "billing"),
         ("app crashes", "technical"),
         ("cannot log in", "account"),
         ("parcel late", "shipping"),
-    ];
-    let ex: Vec<TrainExample> = data
-        .iter()
-        .map(|(m, l)| example(&tok, &format!("Message: {m}\nTeam:"), &format!(" {l}")))
-        .collect();
+    ]) else {
+        return;
+    };
     let lora = LoraConfig {
         rank: 2,
         alpha: 4.0,
