@@ -17,7 +17,7 @@ pub use engine::{GenParams, Generation, LocalModel};
 /// Bumped whenever a change to the kernels or the weight conversion can
 /// change outputs: it is part of the local provider's cache identity, so
 /// cached answers from older numerics are not mixed with new ones.
-pub const NUMERICS_VERSION: u32 = 2;
+pub const NUMERICS_VERSION: u32 = 3;
 pub use gguf::{GgufError, GgufFile};
 pub use paths::{default_model_dir, resolve_model, ModelPathError};
 pub use tokenizer::{Tokenizer, TokenizerError};
