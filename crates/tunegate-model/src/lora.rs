@@ -146,39 +146,11 @@ impl CustomOp1 for RmsNorm {
         "lora-rms-norm"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let x = contiguous_input(s, l, "rms-norm")?;
-        let d = self.w.len();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
-                for ((o, x), w) in o.iter_mut().zip(x).zip(&self.w) {
-                    *o = x * r * w;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(block::rms_fwd(x, &self.w, self.eps)), l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        use rayon::prelude::*;
-        let d = self.w.len();
-        let dx = with_data(arg, |x| {
-            with_data(grad, |g| {
-                let mut out = vec![0f32; x.len()];
-                out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).zip(g.par_chunks(d * ROWS_PER_TASK)).for_each(|((o, x), g)| {
-                    for ((o, x), g) in o.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                        let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
-                        let gwx: f32 = g.iter().zip(&self.w).zip(x).map(|((g, w), x)| g * w * x).sum();
-                        let c = r * r * r * gwx / d as f32;
-                        for (((o, x), g), w) in o.iter_mut().zip(x).zip(g).zip(&self.w) {
-                            *o = r * w * g - x * c;
-                        }
-                    }
-                });
-                out
-            })
-        })??;
+        let dx = with_data(arg, |x| with_data(grad, |g| block::rms_bwd(x, &self.w, self.eps, g, None)))??;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -257,38 +229,15 @@ struct CausalSoftmax {
     window: Option<usize>,
 }
 
-impl CausalSoftmax {
-    /// The first key row `i` may attend to.
-    fn first(&self, i: usize) -> usize {
-        self.window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0)
-    }
-}
-
 impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
         "lora-causal-softmax"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let x = contiguous_input(s, l, "causal-softmax")?;
         let n = self.len;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * n).zip(x.par_chunks(n * n)).for_each(|(o, x)| {
-            for i in 0..n {
-                let (a, b) = (i * n + self.first(i), i * n + i + 1);
-                let m = x[a..b].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for j in a..b {
-                    let e = (x[j] - m).exp();
-                    o[j] = e;
-                    sum += e;
-                }
-                let inv = 1.0 / sum;
-                for v in &mut o[a..b] {
-                    *v *= inv;
-                }
-            }
-        });
+        let mut out = contiguous_input(s, l, "causal-softmax")?.to_vec();
+        out.par_chunks_mut(n * n).for_each(|p| block::softmax_rows(p, n, self.window));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -296,16 +245,8 @@ impl CustomOp1 for CausalSoftmax {
         let n = self.len;
         let dx = with_data(res, |y| {
             with_data(grad, |g| {
-                let mut out = vec![0f32; y.len()];
-                out.par_chunks_mut(n * n).zip(y.par_chunks(n * n)).zip(g.par_chunks(n * n)).for_each(|((o, y), g)| {
-                    for i in 0..n {
-                        let (a, b) = (i * n + self.first(i), i * n + i + 1);
-                        let dot: f32 = y[a..b].iter().zip(&g[a..b]).map(|(y, g)| y * g).sum();
-                        for j in a..b {
-                            o[j] = y[j] * (g[j] - dot);
-                        }
-                    }
-                });
+                let mut out = g.to_vec();
+                out.par_chunks_mut(n * n).zip(y.par_chunks(n * n)).for_each(|(d, y)| block::softmax_bwd_rows(d, y, n, self.window));
                 out
             })
         })??;

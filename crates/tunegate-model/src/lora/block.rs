@@ -14,7 +14,7 @@
 //! row ([t, heads * head_dim]), as the projections produce them; attention
 //! runs per packed example and per head.
 
-use super::{LoraModel, GELU_K};
+use super::{gelu_parts as gelu, LoraModel};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -58,9 +58,9 @@ pub(super) struct AdapterGrad {
     pub b: Vec<f32>,
 }
 
-const ROWS: usize = 16;
+use super::ROWS_PER_TASK as ROWS;
 
-fn rms_fwd(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+pub(super) fn rms_fwd(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).for_each(|(o, x)| {
@@ -75,7 +75,7 @@ fn rms_fwd(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 /// dx for y = rms_norm(x) * w given dy; added into `acc` when given.
-fn rms_bwd(x: &[f32], w: &[f32], eps: f32, gy: &[f32], acc: Option<&mut [f32]>) -> Vec<f32> {
+pub(super) fn rms_bwd(x: &[f32], w: &[f32], eps: f32, gy: &[f32], acc: Option<&mut [f32]>) -> Vec<f32> {
     let d = w.len();
     let kernel = |o: &mut [f32], x: &[f32], g: &[f32], add: bool| {
         for ((o, x), g) in o.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
@@ -119,11 +119,6 @@ fn rope(x: &mut [f32], tab: &(Vec<f32>, Vec<f32>), heads: usize, hd: usize, scal
     });
 }
 
-fn gelu(x: f32) -> (f32, f32) {
-    let z = GELU_K * (x + 0.044715 * x * x * x);
-    let s = 1.0 / (1.0 + (-2.0 * z).exp());
-    (x * s, s + x * 2.0 * s * (1.0 - s) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x))
-}
 
 /// dst += src.
 fn add_into(dst: &mut [f32], src: &[f32]) {
@@ -328,7 +323,7 @@ fn gemm_seq(m: usize, n: usize, k: usize, lhs: super::Mat, rhs: super::Mat) -> V
     dst
 }
 
-fn softmax_rows(p: &mut [f32], n: usize, window: Option<usize>) {
+pub(super) fn softmax_rows(p: &mut [f32], n: usize, window: Option<usize>) {
     for i in 0..n {
         let a = window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0);
         let row = &mut p[i * n..(i + 1) * n];
@@ -346,7 +341,7 @@ fn softmax_rows(p: &mut [f32], n: usize, window: Option<usize>) {
 }
 
 /// dP (in place) becomes dS = P (dP - sum(dP P)) over each row's allowed keys.
-fn softmax_bwd_rows(dp: &mut [f32], p: &[f32], n: usize, window: Option<usize>) {
+pub(super) fn softmax_bwd_rows(dp: &mut [f32], p: &[f32], n: usize, window: Option<usize>) {
     for i in 0..n {
         let a = window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0);
         let (d, y) = (&mut dp[i * n..(i + 1) * n], &p[i * n..(i + 1) * n]);
