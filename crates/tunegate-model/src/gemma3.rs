@@ -1,5 +1,4 @@
-//! Gemma 3 (text) inference on quantized GGUF weights, in plain candle
-//! tensor code.
+//! Gemma 3 (text) inference on quantized GGUF weights.
 //!
 //! Why our own file rather than candle-transformers' `quantized_gemma3`: that
 //! one uses SiLU where Gemma 3 needs tanh-approximated GELU, builds 131,072
@@ -11,7 +10,15 @@
 //! any number of new tokens: the projections and the MLP run on all their
 //! tokens together (the weights are read once per step, which is what makes
 //! batched decoding pay), and attention runs per sequence.
+//!
+//! Numerics follow llama.cpp's CPU backend (see `numerics.rs` and `q8.rs`):
+//! 8-bit weights multiply activations quantized per 32 values, k-quant
+//! weights (candle's kernels) activations quantized per 256, the KV cache
+//! is f16, and attention, norms, RoPE and GELU round where llama.cpp does.
 
+use crate::numerics::{self, Heads};
+use crate::kq::{Kind, KqMatrix};
+use crate::q8::Q8Matrix;
 use crate::ModelError;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -91,103 +98,72 @@ struct Layer {
     gate: Proj,
     up: Proj,
     down: Proj,
-    attn_norm: Tensor,
-    q_norm: Tensor,
-    k_norm: Tensor,
-    post_attn_norm: Tensor,
-    ffn_norm: Tensor,
-    post_ffn_norm: Tensor,
+    attn_norm: Vec<f32>,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    post_ffn_norm: Vec<f32>,
 }
 
-/// A weight matrix [n, k] applied to activations [.., k].
+/// A weight matrix [n, k] applied to activations [m, k].
 ///
-/// Candle's fast x86 kernels (repacked tiles on AVX512-VNNI/AMX) need `k` to
-/// be a multiple of 256. Gemma 3 270M's d_model is 640, so every layer weight
-/// that reads the residual stream (q, k, v, gate, up) took the generic
-/// per-block path: over half of all time in profiles. Those weights are
-/// stored padded with zero columns to the next multiple of 256 (Q8_0 rows
-/// gain zero blocks, byte for byte; Q5_0 becomes Q8_0 without loss first, see
-/// [`q5_0_as_q8_0`]) and their input is padded with zeros, which leaves the
-/// products unchanged. The fast kernels quantize activations per 256 values
-/// (Q8_K) where the generic path and llama.cpp use blocks of 32 (Q8_0):
-/// first-token logits move from ~0.8 to ~1.7 away from llama.cpp's at most,
-/// greedy agreement stays at 13 of 24 prompts and the bundled example's
-/// pass rate is unchanged (59/177), for 2.5x the eval throughput
-/// (BENCHMARKS.md). `TUNEGATE_NO_REQUANT=1` keeps the file's tensors as
-/// they are (the exact, slow path).
-struct Proj {
-    w: QMatMul,
-    pad: usize,
+/// 8-bit weights (Q8_0, and Q5_0, which widens to 8 bits exactly) and the
+/// k-quants Q4_K and Q6_K go to our own kernels, which compute what
+/// llama.cpp computes bit for bit (`q8.rs`, `kq.rs`); every other type to
+/// candle's kernels (close to llama.cpp, not identical).
+enum Proj {
+    Q8(Arc<Q8Matrix>),
+    Kq(KqMatrix),
+    Candle(QMatMul),
 }
 
 impl Proj {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.pad == 0 {
-            return self.w.forward(x);
+    fn from_qtensor(t: QTensor) -> Result<Proj, ModelError> {
+        match t.dtype() {
+            GgmlDType::Q8_0 | GgmlDType::Q5_0 => Ok(Proj::Q8(Arc::new(q8_matrix(&t)?))),
+            GgmlDType::Q4K | GgmlDType::Q6K => {
+                let (n, k) = t.shape().dims2().map_err(ModelError::candle)?;
+                let kind = if t.dtype() == GgmlDType::Q4K { Kind::Q4K } else { Kind::Q6K };
+                Ok(Proj::Kq(KqMatrix::from_ggml(&t.data().map_err(ModelError::candle)?, n, k, kind)))
+            }
+            _ => Ok(Proj::Candle(QMatMul::from_qtensor(t).map_err(ModelError::candle)?)),
         }
-        self.w.forward(&x.pad_with_zeros(D::Minus1, 0, self.pad)?.contiguous()?)
+    }
+
+    fn forward(&self, x: &[f32], m: usize, device: &Device) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Proj::Q8(w) => Ok(w.matmul(x, m)),
+            Proj::Kq(w) => Ok(w.matmul(x, m)),
+            Proj::Candle(w) => {
+                let k = x.len() / m.max(1);
+                w.forward(&Tensor::from_slice(x, (m, k), device)?)?.flatten_all()?.to_vec1()
+            }
+        }
     }
 }
 
-const PAD_TO: usize = 256;
-
-/// Q5_0 as Q8_0 without loss: each 5-bit value x in -16..15 becomes the
-/// 8-bit value x under the same scale. candle has no SIMD Q5_0 kernel, and
-/// quantizing the dequantized weights afresh (scale max/127) would round
-/// them away from the file's (and llama.cpp's) values.
-fn q5_0_as_q8_0(t: &QTensor, device: &Device) -> Result<QTensor, ModelError> {
-    let dims = t.shape().dims().to_vec();
-    let data = t.data().map_err(ModelError::candle)?;
-    let blocks = data.len() / 22;
-    let mut out = vec![0u8; blocks * 34];
-    for b in 0..blocks {
-        let src = &data[b * 22..(b + 1) * 22];
-        let dst = &mut out[b * 34..(b + 1) * 34];
-        dst[..2].copy_from_slice(&src[..2]);
-        let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
-        for j in 0..16 {
-            let lo = src[6 + j];
-            let x0 = ((lo & 0x0F) | ((((qh >> j) << 4) & 0x10) as u8)) as i32 - 16;
-            let x1 = ((lo >> 4) | (((qh >> (j + 12)) & 0x10) as u8)) as i32 - 16;
-            dst[2 + j] = x0 as i8 as u8;
-            dst[2 + j + 16] = x1 as i8 as u8;
-        }
-    }
-    drop(data);
-    candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, dims, device).map_err(ModelError::candle)
-}
-
-/// The tensor with zero columns up to a multiple of [`PAD_TO`], and how
-/// many were added (0: returned as it is).
-fn pad_columns(t: QTensor, device: &Device, requant: bool) -> Result<(QTensor, usize), ModelError> {
+/// An 8-bit GGUF tensor in the layout of our kernel.
+fn q8_matrix(t: &QTensor) -> Result<Q8Matrix, ModelError> {
     let (n, k) = t.shape().dims2().map_err(ModelError::candle)?;
-    let kp = k.div_ceil(PAD_TO) * PAD_TO;
-    if kp == k || !requant {
-        return Ok((t, 0));
-    }
-    if t.dtype() == GgmlDType::Q8_0 {
-        // 34-byte blocks of 32 values; a zero block (scale 0) is 32 zeros.
-        let data = t.data().map_err(ModelError::candle)?;
-        let (row_in, row_out) = (k / 32 * 34, kp / 32 * 34);
-        let mut out = vec![0u8; n * row_out];
-        for r in 0..n {
-            out[r * row_out..r * row_out + row_in].copy_from_slice(&data[r * row_in..(r + 1) * row_in]);
-        }
-        drop(data);
-        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(GgmlDType::Q8_0, &out, vec![n, kp], device).map_err(ModelError::candle)?;
-        return Ok((q, kp - k));
-    }
-    let deq = t.dequantize(device).map_err(ModelError::candle)?.pad_with_zeros(1, 0, kp - k).map_err(ModelError::candle)?;
-    Ok((QTensor::quantize(&deq, GgmlDType::Q8_0).map_err(ModelError::candle)?, kp - k))
+    let data = t.data().map_err(ModelError::candle)?;
+    Ok(Q8Matrix::from_ggml(&data, n, k, t.dtype() == GgmlDType::Q5_0))
+}
+
+/// The token embedding table: rows read out of the 8-bit head it is tied
+/// to (no second copy), or candle's lookup for other types.
+enum Embed {
+    Q8(Arc<Q8Matrix>),
+    Candle(QTensor),
 }
 
 /// The loaded model. Cheap to share across threads behind an `Arc`.
 pub struct Gemma3 {
     pub cfg: Config,
-    embed: Arc<QTensor>,
+    embed: Embed,
     lm_head: Proj,
     layers: Vec<Layer>,
-    out_norm: Tensor,
+    out_norm: Vec<f32>,
     device: Device,
     /// Per-layer ggml types as stored in the file, for `model info`.
     pub tensor_types: Vec<(String, String)>,
@@ -197,17 +173,18 @@ pub struct Gemma3 {
     lora_scale: f64,
 }
 
-/// The keys and values one sequence has seen, per layer: [1, n_kv, T, hd].
+/// The keys and values one sequence has seen, per layer, as f16 bits
+/// [T][n_kv][head_dim]: llama.cpp's cache type, so the same roundings.
 #[derive(Clone, Default)]
 pub struct KvCache {
-    k: Vec<Option<Tensor>>,
-    v: Vec<Option<Tensor>>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        KvCache { k: vec![None; n_layer], v: vec![None; n_layer], len: 0 }
+        KvCache { k: vec![vec![]; n_layer], v: vec![vec![]; n_layer], len: 0 }
     }
     /// Tokens already in the cache (the next token's position).
     pub fn len(&self) -> usize {
@@ -223,9 +200,8 @@ impl KvCache {
             return Ok(());
         }
         for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if let Some(x) = t.take() {
-                *t = if n == 0 { None } else { Some(x.narrow(2, 0, n)?) };
-            }
+            let width = if self.len == 0 { 0 } else { t.len() / self.len };
+            t.truncate(n * width);
         }
         self.len = n;
         Ok(())
@@ -249,18 +225,9 @@ fn md_f32(c: &gguf_file::Content, k: &str) -> Option<f32> {
 }
 
 impl Gemma3 {
-    /// Loads a Gemma 3 GGUF. Q5_0 weights are re-quantised to Q8_0 at load:
-    /// candle has no SIMD kernel for Q5_0, and its fast k-quant kernels need
-    /// input sizes divisible by 256, which 640 is not (measured: 5x faster).
+    /// Loads a Gemma 3 GGUF: 8-bit (and Q5_0) weights into our kernel's
+    /// layout, the rest as candle tensors, norms as f32.
     pub fn load(path: &Path) -> Result<Gemma3, ModelError> {
-        // TUNEGATE_NO_REQUANT=1 keeps Q5_0 as stored: slower, but closer to
-        // llama.cpp's numerics (for parity checks).
-        let requant = std::env::var("TUNEGATE_NO_REQUANT").map(|v| v.is_empty() || v == "0").unwrap_or(true);
-        Self::load_with(path, requant)
-    }
-
-    /// [`Self::load`] with the re-quantisation of Q5_0 weights chosen by the caller.
-    pub fn load_with(path: &Path, requant: bool) -> Result<Gemma3, ModelError> {
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io(path.to_path_buf(), e))?;
         let c = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let cfg = Config::from_content(&c, path)?;
@@ -271,24 +238,14 @@ impl Gemma3 {
             tensor_types.push((name.to_string(), format!("{:?}", t.dtype())));
             Ok(t)
         };
+        let vec_of = |t: QTensor| -> Result<Vec<f32>, ModelError> { t.dequantize(&device).and_then(|x| x.flatten_all()?.to_vec1()).map_err(ModelError::candle) };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let mut mm = |n: &str| -> Result<Proj, ModelError> {
-                let t = load_q(&format!("{p}.{n}.weight"))?;
-                let t = if requant && t.dtype() == GgmlDType::Q5_0 { q5_0_as_q8_0(&t, &device)? } else { t };
-                let (t, pad) = pad_columns(t, &device, requant)?;
-                let t = if requant && matches!(t.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) {
-                    let deq = t.dequantize(&device).map_err(ModelError::candle)?;
-                    QTensor::quantize(&deq, GgmlDType::Q8_0).map_err(ModelError::candle)?
-                } else {
-                    t
-                };
-                Ok(Proj { w: QMatMul::from_qtensor(t).map_err(ModelError::candle)?, pad })
-            };
+            let mut mm = |n: &str| -> Result<Proj, ModelError> { Proj::from_qtensor(load_q(&format!("{p}.{n}.weight"))?) };
             let (wq, wk, wv, wo) = (mm("attn_q")?, mm("attn_k")?, mm("attn_v")?, mm("attn_output")?);
             let (gate, up, down) = (mm("ffn_gate")?, mm("ffn_up")?, mm("ffn_down")?);
-            let mut norm = |n: &str| -> Result<Tensor, ModelError> { load_q(&format!("{p}.{n}.weight"))?.dequantize(&device).map_err(ModelError::candle) };
+            let mut norm = |n: &str| -> Result<Vec<f32>, ModelError> { vec_of(load_q(&format!("{p}.{n}.weight"))?) };
             layers.push(Layer {
                 wq,
                 wk,
@@ -305,21 +262,21 @@ impl Gemma3 {
                 post_ffn_norm: norm("post_ffw_norm")?,
             });
         }
-        let out_norm = load_q("output_norm.weight")?.dequantize(&device).map_err(ModelError::candle)?;
-        let embed = Arc::new(load_q("token_embd.weight")?);
-        // Gemma ties the output head to the embedding. The head gets its
-        // own copy padded to 768 columns when the layers are padded: at one
-        // token per step (decode) the 262k x 640 head was over half the time
-        // on candle's generic Q8_0 dot product, and the repacked kernels are
-        // about 3x faster per weight. It costs a second copy of the table
-        // (~214 MB); in batched eval, where the head runs on few rows, it
-        // gained nothing measurable.
-        let head_name = if c.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let (head, pad) = pad_columns(load_q(head_name)?, &device, requant)?;
-        let lm_head = if pad == 0 && head_name == "token_embd.weight" {
-            Proj { w: QMatMul::from_arc(embed.clone()).map_err(ModelError::candle)?, pad: 0 }
+        let out_norm = vec_of(load_q("output_norm.weight")?)?;
+        // Gemma ties the output head to the embedding: one 8-bit table
+        // serves both (the lookup reads rows out of the head's layout).
+        let embed_t = load_q("token_embd.weight")?;
+        let embed_q8 = matches!(embed_t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q5_0);
+        let (embed, lm_head) = if c.tensor_infos.contains_key("output.weight") {
+            let head = Proj::from_qtensor(load_q("output.weight")?)?;
+            let embed = if embed_q8 { Embed::Q8(Arc::new(q8_matrix(&embed_t)?)) } else { Embed::Candle(embed_t) };
+            (embed, head)
+        } else if embed_q8 {
+            let m = Arc::new(q8_matrix(&embed_t)?);
+            (Embed::Q8(m.clone()), Proj::Q8(m))
         } else {
-            Proj { w: QMatMul::from_qtensor(head).map_err(ModelError::candle)?, pad }
+            let head = Proj::Candle(QMatMul::from_qtensor(QTensor::quantize(&embed_t.dequantize(&device).map_err(ModelError::candle)?, embed_t.dtype()).map_err(ModelError::candle)?).map_err(ModelError::candle)?);
+            (Embed::Candle(embed_t), head)
         };
         Ok(Gemma3 { cfg, embed, lm_head, layers, out_norm, device, tensor_types, lora: Default::default(), lora_scale: 0.0 })
     }
@@ -356,55 +313,21 @@ impl Gemma3 {
         Ok(())
     }
 
-    /// A projection with its adapter, when there is one.
-    fn proj(&self, li: usize, name: &str, w: &Proj, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = w.forward(x)?;
+    /// A projection of `m` rows with its adapter, when there is one.
+    fn proj(&self, li: usize, name: &str, w: &Proj, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        let y = w.forward(x, m, &self.device)?;
         match self.lora.get(&(li, name.to_string())) {
             None => Ok(y),
-            Some((a, b)) => y + (x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * self.lora_scale)?,
+            Some((a, b)) => {
+                let xt = Tensor::from_slice(x, (m, x.len() / m), &self.device)?;
+                let d = (xt.matmul(&a.t()?)?.matmul(&b.t()?)? * self.lora_scale)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(y.iter().zip(&d).map(|(a, b)| a + b).collect())
+            }
         }
     }
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.cfg.n_layer)
-    }
-
-    /// RoPE tables (cos, sin) of shape [len, head_dim/2] for positions
-    /// start..start+len: computed per call, so there is no table to size.
-    fn rope(&self, base: f32, start: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.cfg.head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf(2.0 * i as f32 / self.cfg.head_dim as f32)).collect();
-        let mut ang = Vec::with_capacity(len * half);
-        for p in start..start + len {
-            for f in &inv {
-                ang.push(p as f32 * f);
-            }
-        }
-        let a = Tensor::from_vec(ang, (len, half), &self.device)?;
-        Ok((a.cos()?, a.sin()?))
-    }
-
-    /// Additive mask [1, 1, L, T] for L new tokens after `past` cached ones:
-    /// causal, and for local layers limited to the last `window` positions
-    /// (a token at p sees p-window+1..=p, as llama.cpp). None when nothing
-    /// would be masked.
-    fn mask(&self, past: usize, l: usize, window: Option<usize>) -> candle_core::Result<Option<Tensor>> {
-        let t = past + l;
-        let needed = l > 1 || window.map(|w| t > w).unwrap_or(false);
-        if !needed {
-            return Ok(None);
-        }
-        let mut m = vec![0f32; l * t];
-        for i in 0..l {
-            let p = past + i;
-            for j in 0..t {
-                let masked = j > p || window.map(|w| p - j.min(p) >= w).unwrap_or(false);
-                if masked {
-                    m[i * t + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        Ok(Some(Tensor::from_vec(m, (1, 1, l, t), &self.device)?))
     }
 
     /// Runs the new tokens of every sequence through the model, appends to
@@ -423,86 +346,103 @@ impl Gemma3 {
         Ok(self.forward_inner(&mut seqs, n, true).map_err(ModelError::candle)?.remove(0))
     }
 
+    /// The embedding rows of `ids`, scaled by sqrt(d_model) in f32 as llama.cpp.
+    fn embed_rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let scale = (self.cfg.d_model as f32).sqrt();
+        let mut x = Vec::with_capacity(ids.len() * self.cfg.d_model);
+        match &self.embed {
+            Embed::Q8(m) => {
+                for &id in ids {
+                    if id as usize >= m.rows() {
+                        candle_core::bail!("token id {id} is outside the vocabulary ({})", m.rows());
+                    }
+                    x.extend(m.row(id as usize));
+                }
+            }
+            Embed::Candle(t) => {
+                let idt = Tensor::from_slice(ids, ids.len(), &self.device)?;
+                x = t.dequantize(&self.device)?.embedding(&idt)?.flatten_all()?.to_vec1()?;
+            }
+        }
+        for v in x.iter_mut() {
+            *v *= scale;
+        }
+        Ok(x)
+    }
+
     fn forward_inner(&self, seqs: &mut [SeqInput], n_layers: usize, hidden: bool) -> candle_core::Result<Vec<Tensor>> {
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-        let group = nh / nkv;
+        let (nh, nkv, hd, d) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_model);
+        let eps = cfg.rms_eps as f32;
+        let heads = Heads { n_head: nh, n_kv: nkv, dim: hd };
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let n = all.len();
         if n == 0 {
             return Ok(vec![]);
         }
-        let ids = Tensor::from_vec(all, n, &self.device)?;
-        let mut x = (self.embed.embedding(&ids)? * (cfg.d_model as f64).sqrt())?.unsqueeze(0)?; // [1, n, d]
-        // Per-sequence rope tables and masks, shared by all layers.
+        let mut x = self.embed_rows(&all)?; // [n, d]
+        // Per-sequence RoPE tables, shared by all layers.
         let mut per_seq = Vec::with_capacity(seqs.len());
         let mut off = 0;
         for s in seqs.iter() {
             let (past, l) = (s.cache.len, s.tokens.len());
-            per_seq.push((
-                off,
-                l,
-                past,
-                self.rope(cfg.rope_base_global, past, l)?,
-                self.rope(cfg.rope_base_local, past, l)?,
-                self.mask(past, l, None)?,
-                self.mask(past, l, Some(cfg.sliding_window))?,
-            ));
+            per_seq.push((off, l, past, numerics::rope_table(cfg.rope_base_global, hd, past, l), numerics::rope_table(cfg.rope_base_local, hd, past, l)));
             off += l;
         }
+        let scale = cfg.attn_scale as f32;
         for (li, layer) in self.layers.iter().enumerate().take(n_layers) {
             let local = cfg.is_local(li);
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let q = self.proj(li, "q", &layer.wq, &h)?; // [1, n, nh*hd]
-            let k = self.proj(li, "k", &layer.wk, &h)?;
-            let v = self.proj(li, "v", &layer.wv, &h)?;
-            let mut outs = Vec::with_capacity(seqs.len());
+            let h = numerics::rms_norm_rows(&x, &layer.attn_norm, eps);
+            let mut q = self.proj(li, "q", &layer.wq, &h, n)?; // [n, nh*hd]
+            let mut k = self.proj(li, "k", &layer.wk, &h, n)?; // [n, nkv*hd]
+            let v = self.proj(li, "v", &layer.wv, &h, n)?;
+            numerics::rms_norm_inplace(&mut q, &layer.q_norm, eps);
+            numerics::rms_norm_inplace(&mut k, &layer.k_norm, eps);
+            let mut attn = Vec::with_capacity(n * nh * hd);
             for (si, s) in seqs.iter_mut().enumerate() {
-                let (off, l, past, ref rg, ref rl, ref mg, ref ml) = per_seq[si];
+                let (off, l, past, ref rg, ref rl) = per_seq[si];
                 let (cos, sin) = if local { rl } else { rg };
-                let q = q.narrow(1, off, l)?.reshape((1, l, nh, hd))?.transpose(1, 2)?.contiguous()?;
-                let k = k.narrow(1, off, l)?.reshape((1, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-                let v = v.narrow(1, off, l)?.reshape((1, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-                let q = candle_nn::ops::rms_norm(&q, &layer.q_norm, cfg.rms_eps as f32)?;
-                let k = candle_nn::ops::rms_norm(&k, &layer.k_norm, cfg.rms_eps as f32)?;
-                let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-                let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-                let (k, v) = match (&s.cache.k[li], &s.cache.v[li]) {
-                    (Some(pk), Some(pv)) if past > 0 => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                    _ => (k, v),
-                };
-                s.cache.k[li] = Some(k.clone());
-                s.cache.v[li] = Some(v.clone());
-                let t = past + l;
-                // Heads sharing a KV head are contiguous: fold them into rows.
-                let qg = (q.reshape((1, nkv, group * l, hd))? * cfg.attn_scale)?;
-                let scores = qg.matmul(&k.transpose(2, 3)?.contiguous()?)?; // [1, nkv, g*l, t]
-                let scores = scores.reshape((1, nh, l, t))?;
-                let scores = match if local { ml } else { mg } {
-                    Some(m) => scores.broadcast_add(m)?,
-                    None => scores,
-                };
-                let p = candle_nn::ops::softmax_last_dim(&scores)?;
-                let o = p.reshape((1, nkv, group * l, t))?.matmul(&v)?; // [1, nkv, g*l, hd]
-                let o = o.reshape((1, nh, l, hd))?.transpose(1, 2)?.reshape((1, l, nh * hd))?;
-                outs.push(o);
+                let half = hd / 2;
+                let q = &mut q[off * nh * hd..(off + l) * nh * hd];
+                let k = &mut k[off * nkv * hd..(off + l) * nkv * hd];
+                for (i, row) in q.chunks_mut(nh * hd).enumerate() {
+                    for head in row.chunks_mut(hd) {
+                        numerics::rope_neox(head, &cos[i * half..][..half], &sin[i * half..][..half]);
+                        for x in head.iter_mut() {
+                            *x *= scale;
+                        }
+                    }
+                }
+                for (i, row) in k.chunks_mut(nkv * hd).enumerate() {
+                    for head in row.chunks_mut(hd) {
+                        numerics::rope_neox(head, &cos[i * half..][..half], &sin[i * half..][..half]);
+                    }
+                }
+                s.cache.k[li].extend(numerics::to_f16_bits(k));
+                s.cache.v[li].extend(numerics::to_f16_bits(&v[off * nkv * hd..(off + l) * nkv * hd]));
+                let window = if local { Some(cfg.sliding_window) } else { None };
+                attn.extend(numerics::attention(q, l, past, &s.cache.k[li], &s.cache.v[li], heads, window));
             }
-            let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 1)? };
-            let attn = self.proj(li, "o", &layer.wo, &attn)?;
-            let attn = candle_nn::ops::rms_norm(&attn, &layer.post_attn_norm, cfg.rms_eps as f32)?;
-            x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let g = self.proj(li, "gate", &layer.gate, &h)?.gelu()?; // tanh approximation, as Gemma
-            let u = self.proj(li, "up", &layer.up, &h)?;
-            let m = self.proj(li, "down", &layer.down, &(g * u)?)?;
-            let m = candle_nn::ops::rms_norm(&m, &layer.post_ffn_norm, cfg.rms_eps as f32)?;
-            x = (x + m)?;
+            let o = self.proj(li, "o", &layer.wo, &attn, n)?;
+            let o = numerics::rms_norm_rows(&o, &layer.post_attn_norm, eps);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            let h = numerics::rms_norm_rows(&x, &layer.ffn_norm, eps);
+            let g = self.proj(li, "gate", &layer.gate, &h, n)?;
+            let u = self.proj(li, "up", &layer.up, &h, n)?;
+            let gu = numerics::geglu(&g, &u); // tanh-approximated GELU, as Gemma
+            let m = self.proj(li, "down", &layer.down, &gu, n)?;
+            let m = numerics::rms_norm_rows(&m, &layer.post_ffn_norm, eps);
+            for (a, b) in x.iter_mut().zip(&m) {
+                *a += b;
+            }
         }
         for s in seqs.iter_mut() {
             s.cache.len += s.tokens.len();
         }
         if hidden {
-            return Ok(vec![x.squeeze(0)?]);
+            return Ok(vec![Tensor::from_vec(x, (n, d), &self.device)?]);
         }
         // The head only where logits are wanted: the 262k-row matmul is the
         // most expensive single step.
@@ -510,15 +450,16 @@ impl Gemma3 {
         for (si, s) in seqs.iter().enumerate() {
             let (off, l, ..) = per_seq[si];
             if s.all_logits {
-                rows.extend((off..off + l).map(|r| r as u32));
+                rows.extend(off..off + l);
             } else {
-                rows.push((off + l - 1) as u32);
+                rows.push(off + l - 1);
             }
         }
-        let idx = Tensor::from_vec(rows.clone(), rows.len(), &self.device)?;
-        let xs = x.squeeze(0)?.index_select(&idx, 0)?;
-        let xs = candle_nn::ops::rms_norm(&xs, &self.out_norm, cfg.rms_eps as f32)?;
-        let logits = self.lm_head.forward(&xs)?; // [rows, vocab]
+        let xs: Vec<f32> = rows.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().copied()).collect();
+        let xs = numerics::rms_norm_rows(&xs, &self.out_norm, eps);
+        let logits = self.lm_head.forward(&xs, rows.len(), &self.device)?;
+        let vocab = logits.len() / rows.len();
+        let logits = Tensor::from_vec(logits, (rows.len(), vocab), &self.device)?;
         let mut out = Vec::with_capacity(seqs.len());
         let mut r = 0;
         for s in seqs.iter() {
@@ -536,29 +477,5 @@ impl Gemma3 {
     /// Log-probabilities over the vocabulary from logits (any shape; last dim).
     pub fn log_softmax(logits: &Tensor) -> Result<Tensor, ModelError> {
         candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(ModelError::candle)?, D::Minus1).map_err(ModelError::candle)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn q5_0_converts_to_q8_0_without_loss_and_pads_with_zeros() {
-        let dev = Device::Cpu;
-        let vals: Vec<f32> = (0..4 * 640).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-        let t = Tensor::from_vec(vals, (4, 640), &dev).unwrap();
-        let q5 = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
-        let want = q5.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
-        let q8 = q5_0_as_q8_0(&q5, &dev).unwrap();
-        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
-        assert_eq!(q8.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap(), want);
-        let (p, pad) = pad_columns(q8, &dev, true).unwrap();
-        assert_eq!(pad, 128);
-        let got = p.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(&g[..640], &w[..]);
-            assert!(g[640..].iter().all(|x| *x == 0.0));
-        }
     }
 }

@@ -7,8 +7,11 @@ pub mod engine;
 pub mod gemma3;
 pub mod gguf;
 pub mod gguf_lora;
+mod kq;
 pub mod lora;
+mod numerics;
 pub mod paths;
+mod q8;
 pub mod sample;
 pub mod tokenizer;
 
@@ -17,8 +20,15 @@ pub use engine::{GenParams, Generation, LocalModel};
 /// Bumped whenever a change to the kernels or the weight conversion can
 /// change outputs: it is part of the local provider's cache identity, so
 /// cached answers from older numerics are not mixed with new ones.
-pub const NUMERICS_VERSION: u32 = 3;
+pub const NUMERICS_VERSION: u32 = 4;
 pub use gguf::{GgufError, GgufFile};
+
+/// `TUNEGATE_PORTABLE_KERNELS=1` turns off the SIMD kernels (AVX-512,
+/// FMA) in favour of the portable code, which computes the same bits:
+/// for testing the path machines without AVX-512 take.
+pub(crate) fn portable_kernels() -> bool {
+    std::env::var("TUNEGATE_PORTABLE_KERNELS").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
 pub use paths::{default_model_dir, resolve_model, ModelPathError};
 pub use tokenizer::{Tokenizer, TokenizerError};
 

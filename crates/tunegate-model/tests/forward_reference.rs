@@ -22,8 +22,7 @@ fn forward_matches_a_naive_reference() {
     let Some(path) = common::model_path() else { return };
     let p = path.to_string_lossy().to_string();
     let toks: Vec<u32> = vec![2, 5124, 236787, 3551, 3733, 691, 11055, 10911, 107, 18373, 236787];
-    // The reference reads the weights as stored, so no re-quantisation here.
-    let model = Gemma3::load_with(std::path::Path::new(&p), false).unwrap();
+    let model = Gemma3::load(std::path::Path::new(&p)).unwrap();
     let mut cache = model.new_cache();
     let ours = model.forward(&mut [SeqInput { tokens: &toks, cache: &mut cache, all_logits: false }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
 
@@ -111,9 +110,13 @@ fn forward_matches_a_naive_reference() {
             }
         }
     }
-    // Relative max difference of the residual stream. Both sides quantize
-    // activations to Q8_0 before each matmul, so float noise that flips one
-    // rounding grows layer by layer: exact after 2 layers, ~0.3% after 18.
+    // Relative max difference of the residual stream. The model rounds as
+    // llama.cpp does (f16 KV cache, f16 attention accumulator and GELU
+    // table: numerics.rs), the reference computes attention and GELU in
+    // f32, so they differ by f16 noise that flips a few activation
+    // roundings layer by layer: measured 7.8e-4 after 2 layers, 5.3e-3
+    // after 18. A plumbing error (a wrong head, position or mask) is far
+    // larger.
     let rel = |n: usize, naive: &Vec<Vec<f32>>| {
         let hid = model.hidden_after(&toks, n).unwrap().to_vec2::<f32>().unwrap();
         let d = hid.iter().flatten().zip(naive.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -122,8 +125,8 @@ fn forward_matches_a_naive_reference() {
     };
     let (r2, r18) = (rel(2, &after_two), rel(18, &x));
     eprintln!("residual stream relative max |ours - naive|: {r2:e} after 2 layers, {r18:e} after 18");
-    assert!(r2 < 1e-6, "layers 0-1 differ from the reference: {r2}");
-    assert!(r18 < 5e-3, "the 18 layers differ from the reference: {r18}");
+    assert!(r2 < 2e-3, "layers 0-1 differ from the reference: {r2}");
+    assert!(r18 < 1.5e-2, "the 18 layers differ from the reference: {r18}");
     let on = vecw(t("output_norm.weight"));
     let last = rms(&x[l - 1], &on);
     let head = QMatMul::from_qtensor(t("token_embd.weight")).unwrap();

@@ -1,6 +1,9 @@
 //! The forward pass against llama.cpp on the same GGUF: greedy tokens for
 //! 24 committed prompts (32 steps each, the prompt prefilled in one call and
 //! then one token per step, as llama.cpp did), and the first step's logits.
+//! Prompts run from 2 to 130 tokens, so both of llama.cpp's attention paths
+//! (per-row f16 below 64 query rows, tiled f32 from 64) and both of its
+//! k-quant paths (vec_dot below 8 rows, tiled from 8) are exercised.
 
 mod common;
 
@@ -46,20 +49,12 @@ fn greedy_tokens_match_llama_cpp() {
     for r in &report {
         eprintln!("  {r}");
     }
-    // Not yet the goal (all 24 identical): two float implementations of
-    // the same network differ by ~0.5 logits here (see forward_reference.rs),
-    // and llama.cpp's top-2 margins are often smaller. This guards the level
-    // reached so far against regressions; BENCHMARKS.md records it. The
-    // bound was 1.5 (measured ~0.8) until the layer weights moved to candle's
-    // repacked kernels, which quantize activations per 256 values instead of
-    // llama.cpp's 32 (measured 1.71; see `Proj` in gemma3.rs): 2.0 keeps a
-    // guard above that without hiding a real regression. The greedy
-    // agreement bound was 12 until the output head moved to the repacked
-    // kernels too (session 12: decode 30 -> 51 tok/s, 0.8x -> 1.3x
-    // llama.cpp); that moved two more near-ties (10 of 24 identical, logits
-    // within 1.42). A deliberate trade recorded in BENCHMARKS.md: the
-    // issue's parity goal (>= 20 of 24) was not met either way, and a wrong
-    // forward pass would fail far below 10.
-    assert!(max_logit_diff < 2.0, "first-step logits differ from llama.cpp by {max_logit_diff}");
-    assert!(exact >= 10, "only {exact} of {} prompts match llama.cpp's greedy tokens:\n{}", cases.len(), report.join("\n"));
+    // The forward pass computes what llama.cpp's CPU backend computes, bit
+    // for bit (numerics.rs, q8.rs, kq.rs): measured 24 of 24 identical and
+    // the first-step logits equal to the last bit. The logits bound leaves
+    // room only for a different libm (expf/sinf/cosf) on another machine;
+    // a kernel or rounding that strays from llama.cpp's moves them by
+    // 1e-3 and more, and breaks greedy agreement within a few prompts.
+    assert!(max_logit_diff < 1e-3, "first-step logits differ from llama.cpp by {max_logit_diff}");
+    assert_eq!(exact, cases.len(), "only {exact} of {} prompts match llama.cpp's greedy tokens:\n{}", cases.len(), report.join("\n"));
 }
