@@ -65,9 +65,19 @@ pub struct GenerateArgs {
     /// Score these labels as continuations and print the most likely (repeatable).
     #[arg(long = "choice")]
     pub choices: Vec<String>,
+    /// How to pick among --choice labels: `score` (each label's likelihood)
+    /// or `decode` (decoding constrained to the labels).
+    #[arg(long, value_enum, default_value = "score")]
+    pub choice_mode: ChoiceModeArg,
     /// Print JSON with token counts and timing.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ChoiceModeArg {
+    Score,
+    Decode,
 }
 
 #[derive(Args)]
@@ -340,16 +350,15 @@ fn generate(a: GenerateArgs) -> Result<ExitCode> {
     let t0 = std::time::Instant::now();
     let engine = tunegate_providers::local::LocalEngine::get(&path)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let params = tunegate_core::Params { temperature: Some(a.temperature), max_tokens: Some(a.max_tokens), top_k: a.top_k, top_p: a.top_p, seed: Some(a.seed), stop: a.stop.clone(), ..Default::default() };
-    let choices = if a.choices.is_empty() {
-        None
-    } else {
-        let sep = if a.prompt.ends_with(char::is_whitespace) { "" } else { " " };
-        Some(a.choices.iter().map(|c| format!("{sep}{c}")).collect())
+    let choice_mode = match a.choice_mode {
+        ChoiceModeArg::Score => tunegate_core::ChoiceMode::Score,
+        ChoiceModeArg::Decode => tunegate_core::ChoiceMode::Decode,
     };
+    let choices = (!a.choices.is_empty()).then(|| a.choices.clone());
+    let params = tunegate_core::Params { temperature: Some(a.temperature), max_tokens: Some(a.max_tokens), top_k: a.top_k, top_p: a.top_p, seed: Some(a.seed), stop: a.stop.clone(), choices, choice_mode: Some(choice_mode), ..Default::default() };
     let rt = crate::commands::runtime()?;
     let t1 = std::time::Instant::now();
-    let c = rt.block_on(engine.complete(&a.prompt, tunegate_providers::local::gen_params(&params), choices, None))?;
+    let c = rt.block_on(tunegate_providers::local::complete_with_choices(&engine, &a.prompt, &params))?;
     if a.json {
         println!("{}", serde_json::json!({"text": c.text, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason, "load_s": load_s, "generate_s": t1.elapsed().as_secs_f64()}));
     } else {

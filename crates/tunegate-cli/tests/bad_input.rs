@@ -75,6 +75,7 @@ fn bad_files_give_one_line_errors_and_exit_2() {
         case("unknown top-level field", &format!("{g}promtps: []\n"), vec![], vec!["tunegate.yaml:15", "unknown field `promtps`"]),
         case("unknown prompt field", &g.replace("    template: ", "    templat: "), vec![], vec!["tunegate.yaml:8", "prompts[0]", "unknown field `templat`"]),
         case("wrong type", &g.replace("  - id: echo", "  - id: echo\n    params: { temperature: hot }"), vec![], vec!["tunegate.yaml:11", "temperature", "invalid type"]),
+        case("unknown choice mode", &g.replace("  - id: echo", "  - id: echo\n    params: { choices: [billing], choice_mode: guess }"), vec![], vec!["tunegate.yaml:11", "choice_mode", "unknown variant `guess`", "expected `score` or `decode`"]),
         case(
             "missing template variable",
             &g.replace("Message: {{ input }}", "Message: {{ input }} about {{ product }}"),

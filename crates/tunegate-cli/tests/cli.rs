@@ -1,6 +1,8 @@
 //! The CLI as a user runs it: init, eval, the cache, resume after kill -9,
 //! output formats, and API keys that never leak.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -254,4 +256,27 @@ fn html_reports_are_self_contained_and_carry_the_data() {
     assert!(o.status.success(), "{:?}", text(&o));
     let c = std::fs::read_to_string(dir.path().join("c.html")).unwrap();
     assert!(c.contains("Before / after") && c.contains("\"verdict\""));
+}
+
+/// `tunegate model generate --choice ... --choice-mode decode|score` on the
+/// real model: both print one of the labels; with one-token labels greedy
+/// decoding and likelihood scoring agree.
+#[test]
+fn model_generate_picks_a_label_by_scoring_or_constrained_decoding() {
+    if !common::model_present() {
+        return;
+    }
+    let run = |mode: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunegate"))
+            .args(["model", "generate", "--prompt", "Message: I was charged twice for my order\nTeam:", "--choice", "billing", "--choice", "shipping", "--choice", "other", "--choice-mode", mode, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (d, s) = (run("decode"), run("score"));
+    let label = d["text"].as_str().unwrap().to_string();
+    assert!(["billing", "shipping", "other"].contains(&label.as_str()), "{d}");
+    assert_eq!(d["completion_tokens"], 1, "{d}");
+    assert_eq!(s["text"].as_str().unwrap(), label, "scoring {s} vs decoding {d}");
 }

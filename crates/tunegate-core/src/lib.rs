@@ -20,5 +20,5 @@ pub mod template;
 pub use dataset::{load_cases, Case};
 pub use error::{CoreError, InputError};
 pub use scorers::{AssertionResult, ResponseFacts, Scorer};
-pub use task::{Params, Price, ProviderSpec, Task, TaskFile, TaskKind};
+pub use task::{ChoiceMode, Params, Price, ProviderSpec, Task, TaskFile, TaskKind};
 pub use template::{CompiledPrompt, Message};

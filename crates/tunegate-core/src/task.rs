@@ -111,9 +111,26 @@ pub struct Params {
     /// the most likely (local models), or constrain decoding to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choices: Option<Vec<String>>,
+    /// How a local model picks among `choices`: `score` (default: each
+    /// label's full log-likelihood) or `decode` (constrained decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice_mode: Option<ChoiceMode>,
     /// Extra JSON merged into the request body of HTTP providers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// How a local model picks among `choices`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChoiceMode {
+    /// Every label's log-likelihood as a continuation; the best wins.
+    #[default]
+    Score,
+    /// Decoding restricted, token by token, to prefixes of the labels
+    /// (greedy or sampled with the task's settings): one pass however many
+    /// labels there are, and it honours temperature/top-k/top-p/seed.
+    Decode,
 }
 
 /// Price in US dollars per million tokens.

@@ -17,6 +17,33 @@ pub struct GenParams {
     /// Also report, for each generated token, this many most likely
     /// tokens with their log-probabilities (OpenAI's `top_logprobs`).
     pub top_logprobs: usize,
+    /// Constrained decoding: when not empty, the output is one of these
+    /// token sequences. Each step may only pick a token that keeps the
+    /// output a prefix of one of them (sampling as usual among those), and
+    /// generation stops once the output is a whole sequence that no other
+    /// extends, or is a whole sequence and the model's own best next token
+    /// would leave the set.
+    pub allowed: Vec<Vec<u32>>,
+}
+
+/// What constrained decoding allows after `done` tokens.
+enum Constraint {
+    /// The output is complete.
+    Done,
+    /// Only these next tokens.
+    Next(Vec<u32>),
+}
+
+fn constraint(allowed: &[Vec<u32>], done: &[u32], logits: &[f32]) -> Constraint {
+    let live: Vec<&Vec<u32>> = allowed.iter().filter(|a| a.starts_with(done)).collect();
+    let complete = live.iter().any(|a| a.len() == done.len());
+    let mut next: Vec<u32> = live.iter().filter(|a| a.len() > done.len()).map(|a| a[done.len()]).collect();
+    next.sort_unstable();
+    next.dedup();
+    if next.is_empty() || (complete && !next.contains(&crate::sample::argmax(logits))) {
+        return Constraint::Done;
+    }
+    Constraint::Next(next)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,7 +280,27 @@ impl LocalModel {
                     flush(i, &out[i].text.clone(), true, &mut emitted);
                     continue;
                 }
-                let (id, lp) = samplers[i].sample(&logits[i]);
+                let (id, lp) = if params.allowed.is_empty() {
+                    samplers[i].sample(&logits[i])
+                } else {
+                    match constraint(&params.allowed, &out[i].tokens, &logits[i]) {
+                        Constraint::Done => {
+                            out[i].finish_reason = "stop".into();
+                            flush(i, &out[i].text.clone(), true, &mut emitted);
+                            continue;
+                        }
+                        Constraint::Next(next) => {
+                            let mut masked = vec![f32::NEG_INFINITY; logits[i].len()];
+                            for &t in &next {
+                                masked[t as usize] = logits[i][t as usize];
+                            }
+                            let (id, _) = samplers[i].sample(&masked);
+                            // Reported log-probabilities stay those of the
+                            // model's unmodified distribution.
+                            (id, crate::sample::logprob(&logits[i], id))
+                        }
+                    }
+                };
                 if self.tokenizer.is_end_of_generation(id) {
                     out[i].finish_reason = "stop".into();
                     flush(i, &out[i].text.clone(), true, &mut emitted);

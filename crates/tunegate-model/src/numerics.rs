@@ -4,13 +4,14 @@
 //! Why: a base model's greedy continuation often hangs on near-ties between
 //! two tokens, so two float implementations of the same network drift apart
 //! within a few dozen tokens even when both are "correct". The issue asks for
-//! llama.cpp's greedy tokens, so where llama.cpp rounds (the f16 KV cache,
-//! the f16 query and accumulator of its flash attention for short batches,
-//! its f16 GELU table) we round the same way, in the same order. Measured on
-//! the committed prompts (tests/greedy_parity.rs), these roundings, together
-//! with llama.cpp's per-32 activation quantization in [`crate::q8`], are what
-//! separated the two implementations' logits; float summation order
-//! elsewhere is noise far below the near-ties.
+//! llama.cpp's greedy tokens, so we compute what llama.cpp computes, to the
+//! last bit: where it rounds (the f16 KV cache, the f16 query and
+//! accumulator of its flash attention below 64 query rows, its f16 GELU
+//! table) we round the same way, and where its float order is fixed (lane
+//! trees, FMA contractions of its GCC build, its tiled attention from 64
+//! rows) we keep the same order. Together with `q8.rs` and `kq.rs` this
+//! makes the logits identical to llama.cpp's (tests/greedy_parity.rs,
+//! BENCHMARKS.md for how each difference was found).
 //!
 //! Every function here is plain f32 code on row-major slices. The attention
 //! and the f16 conversions have AVX-512 versions (runtime-detected) that give
@@ -735,6 +736,48 @@ mod tests {
             scale_f16(&mut p, 0.7, false);
             scale_f16(&mut s, 0.7, true);
             assert_eq!(p, s);
+        }
+    }
+
+    #[test]
+    fn tiled_path_is_a_softmax_and_simd_matches_portable() {
+        // 70 query rows (>= 64: the tiled path) over 75 positions, window 40.
+        let h = Heads { n_head: 2, n_kv: 1, dim: 64 };
+        let (l, past) = (70, 5);
+        let t = past + l;
+        let kc = f16s(t * 64, 11);
+        let vc = f16s(t * 64, 12);
+        let q: Vec<f32> = f16s(l * 2 * 64, 13).iter().map(|&b| f16::from_bits(b).to_f32() * 0.2).collect();
+        let out = attention(&q, l, past, &kc, &vc, h, Some(40));
+        for i in [0usize, 33, 69] {
+            let p = past + i;
+            for head in 0..2 {
+                let qr = &q[(i * 2 + head) * 64..][..64];
+                let js: Vec<usize> = ((p + 1).saturating_sub(40)..=p).collect();
+                let s: Vec<f64> = js.iter().map(|&j| (0..64).map(|d| qr[d] as f64 * f16::from_bits(kc[j * 64 + d]).to_f64()).sum()).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for d in 0..64 {
+                    let want: f64 = js.iter().zip(&s).map(|(&j, x)| (x - m).exp() / z * f16::from_bits(vc[j * 64 + d]).to_f64()).sum();
+                    let got = out[(i * 2 + head) * 64 + d] as f64;
+                    assert!((got - want).abs() < 1e-5, "row {i} head {head} dim {d}: {got} vs {want}");
+                }
+            }
+        }
+        if has_avx512() {
+            let qs: Vec<&[f32]> = (0..4).map(|r| &q[r * 2 * 64..][..64]).collect();
+            let vis: Vec<(usize, usize)> = (0..4).map(|r| (0, past + r + 1)).collect();
+            let mut kt = vec![0f32; 2 * 64 * KV_TILE];
+            let mut vf = vec![0f32; 2 * KV_TILE * 64];
+            for j in 0..t {
+                for d in 0..64 {
+                    kt[(j / KV_TILE) * 64 * KV_TILE + d * KV_TILE + j % KV_TILE] = f16::from_bits(kc[j * 64 + d]).to_f32();
+                    vf[j * 64 + d] = f16::from_bits(vc[j * 64 + d]).to_f32();
+                }
+            }
+            let a = tiled_rows(&qs, &vis, &kt, &vf, 64, 2, true);
+            let b = tiled_rows(&qs, &vis, &kt, &vf, 64, 2, false);
+            assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
         }
     }
 

@@ -40,6 +40,13 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The log-probability of `id` under the distribution of `logits`.
+pub fn logprob(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| ((l as f64) - max).exp()).sum();
+    ((logits[id as usize] as f64) - max - sum.ln()) as f32
+}
+
 /// The `n` most likely tokens under the unmodified distribution, with
 /// their log-probabilities, best first (ties to the lower id).
 pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
@@ -66,11 +73,7 @@ impl Sampler {
     /// Picks the next token; returns it with its log-probability under the
     /// model's unmodified distribution (what OpenAI's `logprobs` reports).
     pub fn sample(&mut self, logits: &[f32]) -> (u32, f32) {
-        let lp = |id: u32| {
-            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let sum: f64 = logits.iter().map(|&l| ((l as f64) - max).exp()).sum();
-            ((logits[id as usize] as f64) - max - sum.ln()) as f32
-        };
+        let lp = |id: u32| logprob(logits, id);
         if self.params.temperature <= 0.0 {
             let id = argmax(logits);
             return (id, lp(id));

@@ -146,6 +146,22 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A completion for `text` under a task's params: free generation, or, with
+/// `choices`, the label picked by scoring (default) or constrained decoding
+/// (`choice_mode: decode`); a label comes back trimmed.
+pub async fn complete_with_choices(engine: &LocalEngine, text: &str, p: &tunegate_core::Params) -> Result<Completion, ProviderError> {
+    match (&p.choices, p.choice_mode.unwrap_or_default()) {
+        (None, _) => engine.complete(text, gen_params(p), None, None).await,
+        (Some(labels), tunegate_core::ChoiceMode::Score) => engine.complete(text, gen_params(p), Some(label_continuations(text, labels)), None).await,
+        (Some(labels), tunegate_core::ChoiceMode::Decode) => {
+            let params = constrained(&engine.model, text, labels, gen_params(p));
+            let mut c = engine.complete(text, params, None, None).await?;
+            c.text = c.text.trim().to_string();
+            Ok(c)
+        }
+    }
+}
+
 /// Generation settings from a task's provider params; local defaults:
 /// greedy, 64 new tokens.
 pub fn gen_params(p: &tunegate_core::Params) -> GenParams {
@@ -154,7 +170,24 @@ pub fn gen_params(p: &tunegate_core::Params) -> GenParams {
         sampling: SamplingParams { temperature: p.temperature.unwrap_or(0.0) as f32, top_k: p.top_k.map(|k| k as usize), top_p: p.top_p.map(|x| x as f32), seed: p.seed.unwrap_or(0) },
         stop: p.stop.clone(),
         top_logprobs: 0,
+        allowed: vec![],
     }
+}
+
+/// The labels as a local model sees them after `prompt`: with a leading
+/// space unless the prompt ends in whitespace.
+pub fn label_continuations(prompt: &str, labels: &[String]) -> Vec<String> {
+    let sep = if prompt.ends_with(char::is_whitespace) { "" } else { " " };
+    labels.iter().map(|c| format!("{sep}{c}")).collect()
+}
+
+/// Settings for constrained decoding to `labels` (`choice_mode: decode`):
+/// the labels' token sequences, and room for the longest.
+pub fn constrained(model: &LocalModel, prompt: &str, labels: &[String], mut params: GenParams) -> GenParams {
+    params.allowed = label_continuations(prompt, labels).iter().map(|l| model.tokenizer.encode(l, false, false)).collect();
+    params.max_tokens = params.allowed.iter().map(Vec::len).max().unwrap_or(1);
+    params.stop.clear();
+    params
 }
 
 pub struct LocalProvider {
@@ -213,12 +246,7 @@ impl Provider for LocalProvider {
         let (path, adapter) = (self.path.clone(), self.adapter.clone());
         let engine = tokio::task::spawn_blocking(move || LocalEngine::get_with(&path, adapter.as_deref())).await.map_err(|e| ProviderError::Config(e.to_string()))??;
         let text = prompt_text(req);
-        // A label continues the prompt after a space unless it ends in one.
-        let choices = req.params.choices.as_ref().map(|cs| {
-            let sep = if text.ends_with(char::is_whitespace) { "" } else { " " };
-            cs.iter().map(|c| format!("{sep}{c}")).collect::<Vec<_>>()
-        });
-        let c = engine.complete(&text, gen_params(&req.params), choices, None).await?;
+        let c = complete_with_choices(&engine, &text, &req.params).await?;
         Ok(Response { output: c.text, prompt_tokens: Some(c.prompt_tokens as u64), completion_tokens: Some(c.completion_tokens as u64), cost_usd: Some(0.0) })
     }
 }
