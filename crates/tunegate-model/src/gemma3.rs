@@ -98,12 +98,33 @@ struct Layer {
     gate: Proj,
     up: Proj,
     down: Proj,
-    attn_norm: Vec<f32>,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
-    post_attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    post_ffn_norm: Vec<f32>,
+    norms: BlockNorms,
+}
+
+/// The six RMS-norm weights of a Gemma 3 block as f32 (the file stores them
+/// with Gemma's +1 already added). Shared by inference and training, which
+/// read the same tensors.
+pub(crate) struct BlockNorms {
+    pub attn_norm: Vec<f32>,
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    pub post_attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub post_ffn_norm: Vec<f32>,
+}
+
+impl BlockNorms {
+    /// `get(name)` gives tensor `blk.N.{name}.weight` as f32.
+    pub(crate) fn load(mut get: impl FnMut(&str) -> Result<Vec<f32>, ModelError>) -> Result<BlockNorms, ModelError> {
+        Ok(BlockNorms {
+            attn_norm: get("attn_norm")?,
+            q_norm: get("attn_q_norm")?,
+            k_norm: get("attn_k_norm")?,
+            post_attn_norm: get("post_attention_norm")?,
+            ffn_norm: get("ffn_norm")?,
+            post_ffn_norm: get("post_ffw_norm")?,
+        })
+    }
 }
 
 /// A weight matrix [n, k] applied to activations [m, k].
@@ -245,22 +266,8 @@ impl Gemma3 {
             let mut mm = |n: &str| -> Result<Proj, ModelError> { Proj::from_qtensor(load_q(&format!("{p}.{n}.weight"))?) };
             let (wq, wk, wv, wo) = (mm("attn_q")?, mm("attn_k")?, mm("attn_v")?, mm("attn_output")?);
             let (gate, up, down) = (mm("ffn_gate")?, mm("ffn_up")?, mm("ffn_down")?);
-            let mut norm = |n: &str| -> Result<Vec<f32>, ModelError> { vec_of(load_q(&format!("{p}.{n}.weight"))?) };
-            layers.push(Layer {
-                wq,
-                wk,
-                wv,
-                wo,
-                gate,
-                up,
-                down,
-                attn_norm: norm("attn_norm")?,
-                q_norm: norm("attn_q_norm")?,
-                k_norm: norm("attn_k_norm")?,
-                post_attn_norm: norm("post_attention_norm")?,
-                ffn_norm: norm("ffn_norm")?,
-                post_ffn_norm: norm("post_ffw_norm")?,
-            });
+            let norms = BlockNorms::load(|n| vec_of(load_q(&format!("{p}.{n}.weight"))?))?;
+            layers.push(Layer { wq, wk, wv, wo, gate, up, down, norms });
         }
         let out_norm = vec_of(load_q("output_norm.weight")?)?;
         // Gemma ties the output head to the embedding: one 8-bit table
@@ -392,12 +399,12 @@ impl Gemma3 {
         let scale = cfg.attn_scale as f32;
         for (li, layer) in self.layers.iter().enumerate().take(n_layers) {
             let local = cfg.is_local(li);
-            let h = numerics::rms_norm_rows(&x, &layer.attn_norm, eps);
+            let h = numerics::rms_norm_rows(&x, &layer.norms.attn_norm, eps);
             let mut q = self.proj(li, "q", &layer.wq, &h, n)?; // [n, nh*hd]
             let mut k = self.proj(li, "k", &layer.wk, &h, n)?; // [n, nkv*hd]
             let v = self.proj(li, "v", &layer.wv, &h, n)?;
-            numerics::rms_norm_inplace(&mut q, &layer.q_norm, eps);
-            numerics::rms_norm_inplace(&mut k, &layer.k_norm, eps);
+            numerics::rms_norm_inplace(&mut q, &layer.norms.q_norm, eps);
+            numerics::rms_norm_inplace(&mut k, &layer.norms.k_norm, eps);
             let mut attn = Vec::with_capacity(n * nh * hd);
             for (si, s) in seqs.iter_mut().enumerate() {
                 let (off, l, past, ref rg, ref rl) = per_seq[si];
@@ -424,16 +431,16 @@ impl Gemma3 {
                 attn.extend(numerics::attention(q, l, past, &s.cache.k[li], &s.cache.v[li], heads, window));
             }
             let o = self.proj(li, "o", &layer.wo, &attn, n)?;
-            let o = numerics::rms_norm_rows(&o, &layer.post_attn_norm, eps);
+            let o = numerics::rms_norm_rows(&o, &layer.norms.post_attn_norm, eps);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
-            let h = numerics::rms_norm_rows(&x, &layer.ffn_norm, eps);
+            let h = numerics::rms_norm_rows(&x, &layer.norms.ffn_norm, eps);
             let g = self.proj(li, "gate", &layer.gate, &h, n)?;
             let u = self.proj(li, "up", &layer.up, &h, n)?;
             let gu = numerics::geglu(&g, &u); // tanh-approximated GELU, as Gemma
             let m = self.proj(li, "down", &layer.down, &gu, n)?;
-            let m = numerics::rms_norm_rows(&m, &layer.post_ffn_norm, eps);
+            let m = numerics::rms_norm_rows(&m, &layer.norms.post_ffn_norm, eps);
             for (a, b) in x.iter_mut().zip(&m) {
                 *a += b;
             }

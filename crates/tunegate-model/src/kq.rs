@@ -18,8 +18,6 @@
 //! 8 lane sums of a block for 16 weight rows at once (AVX-512 VNNI, or a
 //! portable loop with identical results); both float paths use them.
 
-use rayon::prelude::*;
-
 const QK: usize = 256;
 const TILE: usize = 16;
 /// Activation rows from which llama.cpp takes its tiled path.
@@ -121,8 +119,6 @@ impl KqMatrix {
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k);
         let qa = Q8K::new(x, m, self.k);
-        let tiles = self.n.div_ceil(TILE);
-        let mut out_t = vec![0f32; tiles * m * TILE];
         let tiled = m >= TILED_MIN_ROWS;
         let simd = has_vnni();
         let work = |t: usize, o: &mut [f32]| {
@@ -142,26 +138,7 @@ impl KqMatrix {
                 o[r * TILE..(r + 1) * TILE].copy_from_slice(&f.result());
             }
         };
-        if tiles > 1 && m * self.n * self.k >= 1 << 18 {
-            let per_task = (64 / m.max(1)).clamp(1, 8);
-            out_t.par_chunks_mut(m * TILE * per_task).enumerate().for_each(|(c, o)| {
-                for (i, ot) in o.chunks_mut(m * TILE).enumerate() {
-                    work(c * per_task + i, ot);
-                }
-            });
-        } else {
-            for (t, ot) in out_t.chunks_mut(m * TILE).enumerate() {
-                work(t, ot);
-            }
-        }
-        let mut out = vec![0f32; m * self.n];
-        for t in 0..tiles {
-            let cols = TILE.min(self.n - t * TILE);
-            for r in 0..m {
-                out[r * self.n + t * TILE..][..cols].copy_from_slice(&out_t[(t * m + r) * TILE..][..cols]);
-            }
-        }
-        out
+        crate::q8::run_tiles(self.n, self.k, m, (64 / m.max(1)).clamp(1, 8), work)
     }
 }
 
@@ -313,17 +290,7 @@ impl Finish {
 }
 
 fn has_vnni() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            !crate::portable_kernels() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::cpu().vnni
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -26,8 +26,29 @@ pub use gguf::{GgufError, GgufFile};
 /// `TUNEGATE_PORTABLE_KERNELS=1` turns off the SIMD kernels (AVX-512,
 /// FMA) in favour of the portable code, which computes the same bits:
 /// for testing the path machines without AVX-512 take.
-pub(crate) fn portable_kernels() -> bool {
+fn portable_kernels() -> bool {
     std::env::var("TUNEGATE_PORTABLE_KERNELS").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
+
+/// The CPU features the kernels use, detected once at run time (the build
+/// targets baseline x86-64, so the binary runs anywhere).
+pub(crate) struct Cpu {
+    pub fma: bool,
+    pub avx512: bool,
+    /// AVX-512F and AVX-512 VNNI.
+    pub vnni: bool,
+}
+
+pub(crate) fn cpu() -> &'static Cpu {
+    static C: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if !portable_kernels() {
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+            return Cpu { fma: std::arch::is_x86_feature_detected!("fma"), avx512, vnni: avx512 && std::arch::is_x86_feature_detected!("avx512vnni") };
+        }
+        Cpu { fma: false, avx512: false, vnni: false }
+    })
 }
 pub use paths::{default_model_dir, resolve_model, ModelPathError};
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -409,12 +409,7 @@ struct TLayer {
     w: HashMap<&'static str, Op>,
     /// The same frozen weights as tensors, for the fused adapter op.
     weights: HashMap<&'static str, Tensor>,
-    attn_norm: Vec<f32>,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
-    post_attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    post_ffn_norm: Vec<f32>,
+    norms: crate::gemma3::BlockNorms,
 }
 
 /// The trainable model: frozen f32 base plus LoRA variables.
@@ -583,12 +578,7 @@ impl LoraModel {
             layers.push(TLayer {
                 w,
                 weights,
-                attn_norm: vec1(deq(&format!("{p}.attn_norm.weight"))?)?,
-                q_norm: vec1(deq(&format!("{p}.attn_q_norm.weight"))?)?,
-                k_norm: vec1(deq(&format!("{p}.attn_k_norm.weight"))?)?,
-                post_attn_norm: vec1(deq(&format!("{p}.post_attention_norm.weight"))?)?,
-                ffn_norm: vec1(deq(&format!("{p}.ffn_norm.weight"))?)?,
-                post_ffn_norm: vec1(deq(&format!("{p}.post_ffw_norm.weight"))?)?,
+                norms: crate::gemma3::BlockNorms::load(|n| vec1(deq(&format!("{p}.{n}.weight"))?))?,
             });
         }
         let out_norm = vec1(deq("output_norm.weight")?)?;
@@ -761,13 +751,13 @@ impl LoraModel {
         self.reseed_dropout(li);
         let l = &self.layers[li];
         let local = cfg.is_local(li);
-        let h = rms_norm(x, &l.attn_norm, eps)?;
+        let h = rms_norm(x, &l.norms.attn_norm, eps)?;
         let q = self.linear(li, "q", &h)?.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = self.linear(li, "k", &h)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = self.linear(li, "v", &h)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let rope = if local { &c.rope_local } else { &c.rope_global };
-        let q = rms_norm(&q, &l.q_norm, eps)?.apply_op1(Rope { scale: cfg.attn_scale as f32, ..rope.clone() })?;
-        let k = rms_norm(&k, &l.k_norm, eps)?.apply_op1(rope.clone())?;
+        let q = rms_norm(&q, &l.norms.q_norm, eps)?.apply_op1(Rope { scale: cfg.attn_scale as f32, ..rope.clone() })?;
+        let k = rms_norm(&k, &l.norms.k_norm, eps)?.apply_op1(rope.clone())?;
         let mut outs = Vec::with_capacity(c.segments.len());
         for &(start, len) in &c.segments {
             let qs = q.narrow(2, start, len)?;
@@ -780,12 +770,12 @@ impl LoraModel {
         let o = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
         let o = o.transpose(1, 2)?.reshape((1, t, nh * hd))?;
         let o = self.linear(li, "o", &o)?;
-        let x = (x + rms_norm(&o, &l.post_attn_norm, eps)?)?;
-        let h = rms_norm(&x, &l.ffn_norm, eps)?;
+        let x = (x + rms_norm(&o, &l.norms.post_attn_norm, eps)?)?;
+        let h = rms_norm(&x, &l.norms.ffn_norm, eps)?;
         let g = self.linear(li, "gate", &h)?;
         let u = self.linear(li, "up", &h)?;
         let m = self.linear(li, "down", &g.apply_op2(&u, GeluMul)?)?;
-        x + rms_norm(&m, &l.post_ffn_norm, eps)?
+        x + rms_norm(&m, &l.norms.post_ffn_norm, eps)?
     }
 
     /// Final norm, the head at the loss's rows only, mean cross-entropy.

@@ -405,31 +405,11 @@ fn row_f16(q: &[f32], kv: &KvView, lo: usize, hi: usize, out: &mut [f32]) {
 }
 
 fn has_fma() -> bool {
-    static A: OnceLock<bool> = OnceLock::new();
-    *A.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            !crate::portable_kernels() && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::cpu().fma
 }
 
 fn has_avx512() -> bool {
-    static A: OnceLock<bool> = OnceLock::new();
-    *A.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            !crate::portable_kernels() && std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::cpu().avx512
 }
 
 fn f16_to_f32(x: &[u16], out: &mut [f32]) {

@@ -106,8 +106,6 @@ impl Q8Matrix {
         assert_eq!(x.len(), m * self.k);
         let qa = QuantRows::new(x, m, self.k);
         let nb = self.k / QK;
-        let tiles = self.n.div_ceil(TILE);
-        let mut out_t = vec![0f32; tiles * m * TILE]; // [tile][m][16]
         let vnni = has_vnni();
         let work = |t: usize, o: &mut [f32]| {
             if vnni {
@@ -119,26 +117,36 @@ impl Q8Matrix {
         };
         // Enough tiles per task to amortize the fork/join on small matrices.
         let per_task = (256 / (m * nb).max(1)).clamp(1, 64);
-        if tiles > 1 && m * self.n * self.k >= 1 << 18 {
-            out_t.par_chunks_mut(m * TILE * per_task).enumerate().for_each(|(c, o)| {
-                for (i, ot) in o.chunks_mut(m * TILE).enumerate() {
-                    work(c * per_task + i, ot);
-                }
-            });
-        } else {
-            for (t, ot) in out_t.chunks_mut(m * TILE).enumerate() {
-                work(t, ot);
-            }
-        }
-        let mut out = vec![0f32; m * self.n];
-        for t in 0..tiles {
-            let cols = TILE.min(self.n - t * TILE);
-            for r in 0..m {
-                out[r * self.n + t * TILE..][..cols].copy_from_slice(&out_t[(t * m + r) * TILE..][..cols]);
-            }
-        }
-        out
+        run_tiles(self.n, self.k, m, per_task, work)
     }
+}
+
+/// Runs `work(tile, out)` for every 16-row tile of an [n, k] weight matrix
+/// against `m` activation rows (`out` is that tile's [m][16] block; tiles
+/// in parallel, `per_task` to a task, when the product is big enough) and
+/// returns the product as [m, n]. Shared by the 8-bit and k-quant kernels.
+pub(crate) fn run_tiles(n: usize, k: usize, m: usize, per_task: usize, work: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let tiles = n.div_ceil(TILE);
+    let mut out_t = vec![0f32; tiles * m * TILE]; // [tile][m][16]
+    if tiles > 1 && m * n * k >= 1 << 18 {
+        out_t.par_chunks_mut(m * TILE * per_task).enumerate().for_each(|(c, o)| {
+            for (i, ot) in o.chunks_mut(m * TILE).enumerate() {
+                work(c * per_task + i, ot);
+            }
+        });
+    } else {
+        for (t, ot) in out_t.chunks_mut(m * TILE).enumerate() {
+            work(t, ot);
+        }
+    }
+    let mut out = vec![0f32; m * n];
+    for t in 0..tiles {
+        let cols = TILE.min(n - t * TILE);
+        for r in 0..m {
+            out[r * n + t * TILE..][..cols].copy_from_slice(&out_t[(t * m + r) * TILE..][..cols]);
+        }
+    }
+    out
 }
 
 /// Activation rows quantized as llama.cpp's `quantize_row_q8_0` (x86):
@@ -202,17 +210,7 @@ fn tile_portable(w: &Q8Matrix, a: &QuantRows, t: usize, nb: usize, m: usize, out
 }
 
 fn has_vnni() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            !crate::portable_kernels() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::cpu().vnni
 }
 
 #[cfg(target_arch = "x86_64")]

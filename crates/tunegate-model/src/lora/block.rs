@@ -188,7 +188,7 @@ impl LoraModel {
         self.reseed_dropout(li);
         let l = &self.layers[li];
         let mut masks = HashMap::new();
-        let h1 = rms_fwd(&x, &l.attn_norm, eps);
+        let h1 = rms_fwd(&x, &l.norms.attn_norm, eps);
         let mut lin = |name: &'static str, input: &[f32]| -> candle_core::Result<Vec<f32>> {
             let (y, m) = self.lin_fwd(li, name, input, t, ad)?;
             if let Some(m) = m {
@@ -200,9 +200,9 @@ impl LoraModel {
         let k = lin("k", &h1)?;
         let v = lin("v", &h1)?;
         let tab = if cfg.is_local(li) { &c.local } else { &c.global };
-        let mut qr = rms_fwd(&q, &l.q_norm, eps);
+        let mut qr = rms_fwd(&q, &l.norms.q_norm, eps);
         rope(&mut qr, tab, nh, hd, cfg.attn_scale as f32, false);
-        let mut kr = rms_fwd(&k, &l.k_norm, eps);
+        let mut kr = rms_fwd(&k, &l.norms.k_norm, eps);
         rope(&mut kr, tab, 1, hd, 1.0, false);
         let window = cfg.is_local(li).then_some(cfg.sliding_window);
         // Attention per (segment, head), in parallel; each writes its own
@@ -228,14 +228,14 @@ impl LoraModel {
             probs.push(p);
         }
         let a_out = lin("o", &o)?;
-        let mut x2 = rms_fwd(&a_out, &l.post_attn_norm, eps);
+        let mut x2 = rms_fwd(&a_out, &l.norms.post_attn_norm, eps);
         add_into(&mut x2, &x);
-        let h2 = rms_fwd(&x2, &l.ffn_norm, eps);
+        let h2 = rms_fwd(&x2, &l.norms.ffn_norm, eps);
         let g = lin("gate", &h2)?;
         let u = lin("up", &h2)?;
         let m: Vec<f32> = g.par_iter().zip(u.par_iter()).map(|(g, u)| gelu(*g).0 * u).collect();
         let dn = lin("down", &m)?;
-        let mut y = rms_fwd(&dn, &l.post_ffn_norm, eps);
+        let mut y = rms_fwd(&dn, &l.norms.post_ffn_norm, eps);
         add_into(&mut y, &x2);
         Ok((y, Saved { x, h1, q, k, v, qr, kr, probs, o, a_out, x2, h2, g, u, m, dn, masks }))
     }
@@ -247,7 +247,7 @@ impl LoraModel {
         let (nh, hd, t, eps) = (cfg.n_head, cfg.head_dim, c.t, cfg.rms_eps as f32);
         let l = &self.layers[li];
         // y = x2 + rms(dn): the residual passes gy through.
-        let g_dn = rms_bwd(&sv.dn, &l.post_ffn_norm, eps, gy, None);
+        let g_dn = rms_bwd(&sv.dn, &l.norms.post_ffn_norm, eps, gy, None);
         let mut gm = vec![];
         self.lin_bwd(li, "down", &sv.m, sv.masks.get("down"), &g_dn, t, &mut gm, ad, grads)?;
         let (gg, gu): (Vec<f32>, Vec<f32>) = gm
@@ -262,9 +262,9 @@ impl LoraModel {
         self.lin_bwd(li, "gate", &sv.h2, sv.masks.get("gate"), &gg, t, &mut gh2, ad, grads)?;
         self.lin_bwd(li, "up", &sv.h2, sv.masks.get("up"), &gu, t, &mut gh2, ad, grads)?;
         let mut gx2 = gy.to_vec();
-        rms_bwd(&sv.x2, &l.ffn_norm, eps, &gh2, Some(&mut gx2));
+        rms_bwd(&sv.x2, &l.norms.ffn_norm, eps, &gh2, Some(&mut gx2));
         // x2 = x + rms(a_out)
-        let g_aout = rms_bwd(&sv.a_out, &l.post_attn_norm, eps, &gx2, None);
+        let g_aout = rms_bwd(&sv.a_out, &l.norms.post_attn_norm, eps, &gx2, None);
         let mut go = vec![];
         self.lin_bwd(li, "o", &sv.o, sv.masks.get("o"), &g_aout, t, &mut go, ad, grads)?;
         // Attention: per (segment, head) dq rows, and dk, dv contributions
@@ -303,13 +303,13 @@ impl LoraModel {
         let tab = if cfg.is_local(li) { &c.local } else { &c.global };
         rope(&mut dqr, tab, nh, hd, cfg.attn_scale as f32, true);
         rope(&mut dkr, tab, 1, hd, 1.0, true);
-        let dq = rms_bwd(&sv.q, &l.q_norm, eps, &dqr, None);
-        let dk = rms_bwd(&sv.k, &l.k_norm, eps, &dkr, None);
+        let dq = rms_bwd(&sv.q, &l.norms.q_norm, eps, &dqr, None);
+        let dk = rms_bwd(&sv.k, &l.norms.k_norm, eps, &dkr, None);
         let mut gh1 = vec![];
         self.lin_bwd(li, "q", &sv.h1, sv.masks.get("q"), &dq, t, &mut gh1, ad, grads)?;
         self.lin_bwd(li, "k", &sv.h1, sv.masks.get("k"), &dk, t, &mut gh1, ad, grads)?;
         self.lin_bwd(li, "v", &sv.h1, sv.masks.get("v"), &dv, t, &mut gh1, ad, grads)?;
-        rms_bwd(&sv.x, &l.attn_norm, eps, &gh1, Some(&mut gx2));
+        rms_bwd(&sv.x, &l.norms.attn_norm, eps, &gh1, Some(&mut gx2));
         Ok(gx2)
     }
 }
