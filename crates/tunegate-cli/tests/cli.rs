@@ -278,5 +278,6 @@ fn model_generate_picks_a_label_by_scoring_or_constrained_decoding() {
     let label = d["text"].as_str().unwrap().to_string();
     assert!(["billing", "shipping", "other"].contains(&label.as_str()), "{d}");
     assert_eq!(d["completion_tokens"], 1, "{d}");
+    assert_eq!(d["finish_reason"], "stop", "{d}");
     assert_eq!(s["text"].as_str().unwrap(), label, "scoring {s} vs decoding {d}");
 }

@@ -276,7 +276,7 @@ impl LocalModel {
             for &i in &active {
                 let params = &prompts[i].1;
                 if out[i].tokens.len() >= params.max_tokens {
-                    out[i].finish_reason = "length".into();
+                    out[i].finish_reason = if params.allowed.contains(&out[i].tokens) { "stop" } else { "length" }.into();
                     flush(i, &out[i].text.clone(), true, &mut emitted);
                     continue;
                 }
@@ -320,7 +320,8 @@ impl LocalModel {
                 }
                 out[i].text = text;
                 if out[i].tokens.len() >= params.max_tokens || caches[i].len() + 1 >= self.model.cfg.context_length {
-                    out[i].finish_reason = "length".into();
+                    // A whole label is a stop, not a truncation.
+                    out[i].finish_reason = if params.allowed.contains(&out[i].tokens) { "stop" } else { "length" }.into();
                     flush(i, &out[i].text.clone(), true, &mut emitted);
                     continue;
                 }
