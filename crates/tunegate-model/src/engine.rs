@@ -358,33 +358,55 @@ impl LocalModel {
     /// (sum of its tokens' log-probabilities): the standard way to use a base
     /// model for a closed label set. The prompt is computed once.
     pub fn score_choices(&self, prompt: &[u32], choices: &[String]) -> Result<Vec<f32>, ModelError> {
-        let (caches, last) = self.prefill(&[prompt.to_vec()])?;
-        let first_lp = log_probs(&last[0]);
-        let conts: Vec<Vec<u32>> = choices.iter().map(|c| self.tokenizer.encode(c, false, false)).collect();
-        let mut scores = vec![0f32; choices.len()];
-        let mut cs: Vec<KvCache> = conts.iter().map(|_| caches[0].clone()).collect();
+        Ok(self.score_choices_batch(&[(prompt.to_vec(), choices.to_vec())])?.remove(0))
+    }
+
+    /// [`Self::score_choices`] for several prompts at once: the prompts are
+    /// prefilled together, then every multi-token choice of every prompt
+    /// goes through one forward call (concurrent eval cases share the
+    /// weight reads, as generation does).
+    pub fn score_choices_batch(&self, jobs: &[(Vec<u32>, Vec<String>)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let prompts: Vec<Vec<u32>> = jobs.iter().map(|(p, _)| p.clone()).collect();
+        let (caches, last) = self.prefill(&prompts)?;
+        let conts: Vec<Vec<Vec<u32>>> = jobs.iter().map(|(_, cs)| cs.iter().map(|c| self.tokenizer.encode(c, false, false)).collect()).collect();
         // Everything but each choice's last token goes through the model
         // (the first token's probability comes from the prompt's logits).
-        let feeds: Vec<&[u32]> = conts.iter().map(|c| if c.len() > 1 { &c[..c.len() - 1] } else { &c[..0] }).collect();
-        let mut inputs: Vec<SeqInput> = cs.iter_mut().zip(&feeds).filter(|(_, f)| !f.is_empty()).map(|(c, f)| SeqInput { tokens: f, cache: c, all_logits: true }).collect();
+        let mut cs: Vec<KvCache> = vec![];
+        let mut feeds: Vec<&[u32]> = vec![];
+        for (ji, job) in conts.iter().enumerate() {
+            for c in job.iter().filter(|c| c.len() > 1) {
+                cs.push(caches[ji].clone());
+                feeds.push(&c[..c.len() - 1]);
+            }
+        }
+        let mut inputs: Vec<SeqInput> = cs.iter_mut().zip(&feeds).map(|(c, f)| SeqInput { tokens: f, cache: c, all_logits: true }).collect();
         let outs = if inputs.is_empty() { vec![] } else { self.model.forward(&mut inputs)? };
         drop(inputs);
         let mut oi = 0;
-        for (ci, c) in conts.iter().enumerate() {
-            if c.is_empty() {
-                scores[ci] = f32::NEG_INFINITY;
-                continue;
-            }
-            let mut s = first_lp[c[0] as usize];
-            if c.len() > 1 {
-                let rows = outs[oi].to_vec2::<f32>().map_err(ModelError::candle)?;
-                oi += 1;
-                for (j, row) in rows.iter().enumerate() {
-                    s += log_probs(row)[c[j + 1] as usize];
+        let mut all = Vec::with_capacity(jobs.len());
+        for (ji, job) in conts.iter().enumerate() {
+            let first_lp = log_probs(&last[ji]);
+            let mut scores = vec![0f32; job.len()];
+            for (ci, c) in job.iter().enumerate() {
+                if c.is_empty() {
+                    scores[ci] = f32::NEG_INFINITY;
+                    continue;
                 }
+                let mut s = first_lp[c[0] as usize];
+                if c.len() > 1 {
+                    let rows = outs[oi].to_vec2::<f32>().map_err(ModelError::candle)?;
+                    oi += 1;
+                    for (j, row) in rows.iter().enumerate() {
+                        s += log_probs(row)[c[j + 1] as usize];
+                    }
+                }
+                scores[ci] = s;
             }
-            scores[ci] = s;
+            all.push(scores);
         }
-        Ok(scores)
+        Ok(all)
     }
 }

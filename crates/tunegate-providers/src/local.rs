@@ -109,18 +109,27 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
             }
         }
         let (choice_jobs, gen_jobs): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.choices.is_some());
-        for j in choice_jobs {
-            let choices = j.choices.clone().unwrap_or_default();
-            let res = model.score_choices(&j.tokens, &choices).map_err(|e| e.to_string()).map(|scores| {
-                let best = scores.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(i, _)| i).unwrap_or(0);
-                let label = choices[best].trim().to_string();
-                if let Some(s) = &j.stream {
-                    let _ = s.send(label.clone());
+        // Choice jobs that arrived together are scored together.
+        if !choice_jobs.is_empty() {
+            let inputs: Vec<(Vec<u32>, Vec<String>)> = choice_jobs.iter().map(|j| (j.tokens.clone(), j.choices.clone().unwrap_or_default())).collect();
+            match model.score_choices_batch(&inputs) {
+                Ok(all) => {
+                    for ((j, (_, choices)), scores) in choice_jobs.into_iter().zip(&inputs).zip(all) {
+                        let best = scores.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(i, _)| i).unwrap_or(0);
+                        let label = choices[best].trim().to_string();
+                        if let Some(s) = &j.stream {
+                            let _ = s.send(label.clone());
+                        }
+                        let n = model.tokenizer.encode(&choices[best], false, false).len();
+                        let _ = j.reply.send(Ok(Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into(), tokens: vec![], logprobs: vec![], top_logprobs: vec![] }));
+                    }
                 }
-                let n = model.tokenizer.encode(&choices[best], false, false).len();
-                Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into(), tokens: vec![], logprobs: vec![], top_logprobs: vec![] }
-            });
-            let _ = j.reply.send(res);
+                Err(e) => {
+                    for j in choice_jobs {
+                        let _ = j.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
         }
         if gen_jobs.is_empty() {
             continue;
