@@ -175,7 +175,7 @@ fn q8_matrix(t: &QTensor) -> Result<Q8Matrix, ModelError> {
 /// to (no second copy), or candle's lookup for other types.
 enum Embed {
     Q8(Arc<Q8Matrix>),
-    Candle(QTensor),
+    Candle(Arc<QTensor>),
 }
 
 /// The loaded model. Cheap to share across threads behind an `Arc`.
@@ -276,14 +276,15 @@ impl Gemma3 {
         let embed_q8 = matches!(embed_t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q5_0);
         let (embed, lm_head) = if c.tensor_infos.contains_key("output.weight") {
             let head = Proj::from_qtensor(load_q("output.weight")?)?;
-            let embed = if embed_q8 { Embed::Q8(Arc::new(q8_matrix(&embed_t)?)) } else { Embed::Candle(embed_t) };
+            let embed = if embed_q8 { Embed::Q8(Arc::new(q8_matrix(&embed_t)?)) } else { Embed::Candle(Arc::new(embed_t)) };
             (embed, head)
         } else if embed_q8 {
             let m = Arc::new(q8_matrix(&embed_t)?);
             (Embed::Q8(m.clone()), Proj::Q8(m))
         } else {
-            let head = Proj::Candle(QMatMul::from_qtensor(QTensor::quantize(&embed_t.dequantize(&device).map_err(ModelError::candle)?, embed_t.dtype()).map_err(ModelError::candle)?).map_err(ModelError::candle)?);
-            (Embed::Candle(embed_t), head)
+            // One table for both, as the 8-bit case.
+            let t = Arc::new(embed_t);
+            (Embed::Candle(t.clone()), Proj::Candle(QMatMul::from_arc(t).map_err(ModelError::candle)?))
         };
         Ok(Gemma3 { cfg, embed, lm_head, layers, out_norm, device, tensor_types, lora: Default::default(), lora_scale: 0.0 })
     }
@@ -368,7 +369,7 @@ impl Gemma3 {
             }
             Embed::Candle(t) => {
                 let idt = Tensor::from_slice(ids, ids.len(), &self.device)?;
-                x = t.dequantize(&self.device)?.embedding(&idt)?.flatten_all()?.to_vec1()?;
+                x = t.embedding(&idt)?.flatten_all()?.to_vec1()?;
             }
         }
         for v in x.iter_mut() {
