@@ -1,11 +1,11 @@
 //! `tunegate adapter export`: a tuned adapter in another runtime's format.
 
-use crate::commands::usage;
+use crate::args::{usage, TaskArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tunegate_store::{store_path_for, Store};
+use tunegate_store::Store;
 
 #[derive(Subcommand)]
 pub enum AdapterCommand {
@@ -24,8 +24,8 @@ pub struct ExportArgs {
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
     /// Task file whose run store holds the job (when ADAPTER is a job).
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 }
 
 pub fn run(c: AdapterCommand) -> Result<ExitCode> {
@@ -41,18 +41,11 @@ fn adapter_dir(a: &ExportArgs) -> Result<PathBuf> {
     if p.is_dir() {
         return Ok(p);
     }
-    let task = crate::task_path(&a.config);
-    let sp = store_path_for(&task);
+    let sp = a.task.store_path();
     if !sp.exists() {
         return Err(usage(format!("{}: not an adapter directory, and there is no run store at {} to look it up as a tuning job", a.adapter, sp.display())));
     }
-    let store = Store::open(&sp)?;
-    let job = store.get_tune_job(&a.adapter)?.ok_or_else(|| usage(format!("{}: not an adapter directory nor a tuning job in {} (see `tunegate tune --list`)", a.adapter, sp.display())))?;
-    let model = job.fine_tuned_model.clone().unwrap_or_default();
-    match model.split_once("+adapter:") {
-        Some((_, dir)) => Ok(PathBuf::from(dir)),
-        None => Err(usage(format!("job {} has no local adapter (status {}, model `{model}`); only local LoRA jobs can be exported", job.id, job.status))),
-    }
+    Ok(tunegate_tune::jobs::adapter_of(&Store::open(&sp)?, &a.adapter)?.dir)
 }
 
 fn export(a: ExportArgs) -> Result<ExitCode> {

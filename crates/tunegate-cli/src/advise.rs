@@ -2,8 +2,9 @@
 //! store, the task's git history) and prints the advisor's report. The
 //! rules live in `tunegate_core::advise`; this file only measures and prints.
 
+use crate::args::Format;
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use tunegate_core::advise::{self, Advice, ChurnEvidence, Evidence, GitCommit, Outcome, ProviderPrice, RevisionEvent, RunEvidence, TaskFacts};
@@ -13,36 +14,27 @@ use tunegate_core::task::hash_json;
 use tunegate_core::Task;
 use tunegate_store::{store_path_for, Store};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AdviseFormat {
-    Text,
-    Json,
-    Md,
-    /// One self-contained HTML file (use -o).
-    Html,
-}
-
 #[derive(Args)]
 pub struct AdviseArgs {
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// The run to judge (id, prefix, `latest`); default: the task's latest eval run.
     #[arg(long)]
     pub run: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: AdviseFormat,
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(&[Format::Text, Format::Json, Format::Md, Format::Html]))]
+    pub format: Format,
 }
 
 pub fn run(a: AdviseArgs) -> Result<ExitCode> {
-    let path = crate::task_path(&a.config);
-    let task = Task::load(&path)?;
+    let path = a.task.path();
+    let task = a.task.load()?;
     let ev = gather(&task, &path, a.run.as_deref())?;
     let advice = advise::advise(&ev, task.file.advise.as_ref()).map_err(|m| anyhow::Error::new(tunegate_core::InputError::new(&path, m).field("advise")))?;
     match a.format {
-        AdviseFormat::Json => println!("{}", serde_json::to_string_pretty(&advice)?),
-        AdviseFormat::Text => print!("{}", text(&advice, &path)),
-        AdviseFormat::Md => print!("{}", markdown(&advice, &path)),
-        AdviseFormat::Html => print!("{}", crate::html::advice_report(&advice)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&advice)?),
+        Format::Md => print!("{}", markdown(&advice, &path)),
+        Format::Html => print!("{}", crate::html::advice_report(&advice)),
+        _ => print!("{}", text(&advice, &path)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -244,7 +236,7 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
         (run, revs, review_evidence(&store)?)
     } else {
         if let Some(s) = run_sel {
-            return Err(crate::commands::usage(format!("--run {s}: there is no run store yet at {}", sp.display())));
+            return Err(crate::args::usage(format!("--run {s}: there is no run store yet at {}", sp.display())));
         }
         (None, vec![], advise::ReviewEvidence::default())
     };

@@ -79,7 +79,7 @@ pub struct HarnessArgs {
     pub cases: usize,
     #[arg(long, default_value_t = 3)]
     pub prompts: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
     pub concurrency: usize,
     /// Keep the generated task here instead of a temporary directory.
     #[arg(long)]
@@ -142,11 +142,10 @@ fn harness(a: HarnessArgs) -> Result<ExitCode> {
     let task = tunegate_core::Task::load(&cfg)?;
     let prep = tunegate_run::prepare(task)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let env = |_: &str| None;
-    let providers = prep.task.file.providers.iter().map(|s| Ok((tunegate_providers::build(s, &prep.task.dir, &env)?, s.clone()))).collect::<Result<Vec<_>>>()?;
+    let providers = prep.task.file.providers.iter().map(|s| Ok(tunegate_run::build_provider(s, &prep.task.dir, &tunegate_store::store_path_for(&cfg))?)).collect::<Result<Vec<_>>>()?;
     let mut opts = RunOptions::new(tunegate_store::store_path_for(&cfg));
     opts.concurrency = a.concurrency;
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     let t1 = Instant::now();
     let outcome = rt.block_on(tunegate_run::run(&prep, providers, opts, vec![]))?;
     let run_s = t1.elapsed().as_secs_f64();
@@ -198,7 +197,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn model_bench(a: ModelBenchArgs) -> Result<ExitCode> {
     use tunegate_model::gemma3::SeqInput;
     use tunegate_model::sample::argmax;
-    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::commands::usage(e.to_string()))?;
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::args::usage(e.to_string()))?;
     let t0 = Instant::now();
     let lm = tunegate_model::LocalModel::load(&path)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -270,19 +269,20 @@ fn model_bench(a: ModelBenchArgs) -> Result<ExitCode> {
 /// one after another), the loss on its last `loss_tokens`. Fixed shapes
 /// make the figure comparable with a peer given the same ids.
 fn tune_bench(a: TuneBenchArgs) -> Result<ExitCode> {
-    use tunegate_model::lora::{train, LoraConfig, LoraModel, TrainExample, TrainOptions};
+    use tunegate_model::lora::TrainExample;
+    use tunegate_tune::events::{TrainEvent, TrainSink};
     if a.batch == 0
         || a.seq_len < 2
         || a.steps == 0
         || a.grad_accum == 0
         || a.batch % a.grad_accum != 0
     {
-        anyhow::bail!(crate::commands::usage(
+        anyhow::bail!(crate::args::usage(
             "need --batch >= 1 divisible by --grad-accum, --seq-len >= 2 and --steps >= 1"
         ));
     }
     let path = tunegate_model::resolve_model(&a.model)
-        .map_err(|e| crate::commands::usage(e.to_string()))?;
+        .map_err(|e| crate::args::usage(e.to_string()))?;
     let g = tunegate_model::GgufFile::open(&path)?;
     let tok = tunegate_model::Tokenizer::from_gguf(&g)?;
     let examples_text = crate::quickstart::EXAMPLE
@@ -325,46 +325,41 @@ fn tune_bench(a: TuneBenchArgs) -> Result<ExitCode> {
         let data = json!({"seq_len": a.seq_len, "batch": a.batch, "loss_from": loss_from, "examples": order.iter().map(|&i| &examples[i].tokens).collect::<Vec<_>>()});
         std::fs::write(p, data.to_string())?;
     }
-    let targets: Vec<String> = a
-        .targets
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let lora = LoraConfig {
-        rank: a.rank,
-        alpha: 2.0 * a.rank as f64,
-        dropout: 0.0,
-        targets,
-    };
-    let t0 = Instant::now();
-    let mut model = LoraModel::load(
-        &path,
-        tunegate_model::gemma3::Config::from_file(&path)?,
-        lora,
-        0,
-    )?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let o = TrainOptions {
-        epochs: 1,
-        batch_size: a.batch / a.grad_accum,
-        grad_accum: a.grad_accum,
-        gradient_checkpointing: a.gradient_checkpointing,
-        learning_rate: 1e-4,
-        warmup_steps: 0,
-        schedule: "constant".into(),
+    let targets: Vec<String> = a.targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    // A fixed shape, not the product defaults: one epoch at a constant
+    // rate, alpha = 2 x rank, no dropout, so the peer trains the same steps.
+    let settings = tunegate_tune::Settings::from_overrides(&tunegate_tune::Overrides {
+        rank: Some(a.rank),
+        alpha: Some(2.0 * a.rank as f64),
+        dropout: Some(0.0),
+        targets: Some(targets),
+        epochs: Some(1),
+        batch_size: Some(a.batch / a.grad_accum),
+        grad_accum: Some(a.grad_accum),
+        gradient_checkpointing: Some(a.gradient_checkpointing),
+        learning_rate: Some(1e-4),
+        warmup_steps: Some(0),
+        lr_schedule: Some("constant".into()),
+        prefix: "--",
         ..Default::default()
-    };
-    let mut marks: Vec<(Instant, usize, f64)> = vec![];
+    })?;
+    let t0 = Instant::now();
+    let mut model = tunegate_tune::local::load_model(&path, &settings)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    /// The benchmark's sink: when each step ended, its tokens and loss.
+    struct Marks(Vec<(Instant, usize, f64)>);
+    impl TrainSink for Marks {
+        fn event(&mut self, e: &TrainEvent<'_>) {
+            if let TrainEvent::Step { info, .. } = e {
+                self.0.push((Instant::now(), info.tokens, info.loss));
+            }
+        }
+    }
+    let mut marks = Marks(vec![]);
     let start = Instant::now();
-    train(
-        &mut model,
-        &examples,
-        &[],
-        &o,
-        &mut |s| marks.push((Instant::now(), s.tokens, s.loss)),
-        &mut |_| {},
-    )?;
+    let run = tunegate_tune::local::Run { job_id: "bench", train: &examples, validation: &[], checkpoint_dir: None, resumed: None, stop: None, metric: None };
+    tunegate_tune::local::train(&mut model, &settings, run, &mut marks)?;
+    let marks = marks.0;
     // Step 0 warms the allocator and caches; the rest are timed.
     let timed = &marks[1..];
     let secs = timed

@@ -1,6 +1,6 @@
 //! `tunegate compare A B` and the `eval --baseline` gate.
 
-use crate::commands::usage;
+use crate::args::usage;
 use crate::output::{pct, table, Format};
 use anyhow::Result;
 use clap::Args;
@@ -16,15 +16,15 @@ pub struct CompareArgs {
     pub a: String,
     /// After: same forms.
     pub b: String,
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// Significance level.
     #[arg(long, default_value_t = 0.05)]
     pub alpha: f64,
     /// Seed of the bootstrap resampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::REPORT_FORMATS))]
     pub format: Format,
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -47,7 +47,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub show_judge_prompt: bool,
     /// Judge calls in flight at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
     pub concurrency: usize,
 }
 
@@ -95,8 +95,8 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
     if !(0.0 < a.alpha && a.alpha < 1.0) {
         return Err(usage("--alpha must be within (0, 1)"));
     }
-    let path = crate::task_path(&a.config);
-    let store = crate::commands::existing_store(&path)?;
+    let path = a.task.path();
+    let store = a.task.store()?;
     let (sa, sb) = (resolve_side(&store, &a.a)?, resolve_side(&store, &a.b)?);
     let cs = comparisons(&store, &sa, &sb, a.alpha, a.seed)?;
     if let Some(j) = &a.judge {
@@ -213,9 +213,7 @@ fn judge_provider(task_path: &std::path::Path, judge: &str) -> Result<(std::sync
         .and_then(|t| t.file.providers.iter().find(|p| p.name() == judge || p.id == judge).cloned())
         .unwrap_or_else(|| tunegate_core::task::GraderSpec::Id(judge.to_string()).provider_spec());
     let dir = task.as_ref().map(|t| t.dir.clone()).unwrap_or_else(|| task_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf());
-    let env = |k: &str| std::env::var(k).ok();
-    let p = tunegate_providers::build(&spec, &dir, &env).map_err(|e| usage(format!("--judge {judge}: {e}")))?;
-    Ok((p, spec))
+    tunegate_run::build_provider(&spec, &dir, &store_path_for(task_path)).map_err(|e| usage(format!("--judge {judge}: {e}")))
 }
 
 fn judge(a: &CompareArgs, judge: &str, task_path: &std::path::Path, cs: &[Comparison]) -> Result<ExitCode> {
@@ -226,7 +224,7 @@ fn judge(a: &CompareArgs, judge: &str, task_path: &std::path::Path, cs: &[Compar
     let (provider, spec) = judge_provider(task_path, judge)?;
     let opts = tunegate_run::RunOptions::new(store_path_for(task_path));
     let caller = std::sync::Arc::new(tunegate_run::Caller::new(provider, spec, opts)?);
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     let o = tunegate_run::judge::PairwiseOptions { template: template.as_deref(), criteria: a.criteria.as_deref(), concurrency: a.concurrency, alpha: a.alpha };
     let mut reports = vec![];
     for c in cs {

@@ -1,10 +1,11 @@
 //! `tunegate data check | split | export`: glue from arguments to
 //! `tunegate_core::data`, and the printing.
 
-use crate::commands::usage;
+use crate::args::usage;
 use crate::output::table;
+use crate::args::Format;
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tunegate_core::data::check::{check_files, CheckReport, LoadedFile, Role, DEFAULT_IMBALANCE_RATIO};
@@ -35,12 +36,6 @@ pub fn run(c: DataCommand) -> Result<ExitCode> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Text,
-    Json,
-}
-
 /// Input errors keep their type (exit 2); leakage and the rest are failures.
 fn data_err(e: DataError) -> anyhow::Error {
     match e {
@@ -49,9 +44,6 @@ fn data_err(e: DataError) -> anyhow::Error {
     }
 }
 
-fn load_task(config: &Option<PathBuf>) -> Result<Task> {
-    Ok(Task::load(&crate::task_path(config))?)
-}
 
 fn check_fraction(name: &str, v: f64) -> Result<()> {
     if !(0.0..1.0).contains(&v) {
@@ -62,10 +54,10 @@ fn check_fraction(name: &str, v: f64) -> Result<()> {
 
 #[derive(Args)]
 pub struct CheckArgs {
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: ReportFormat,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::TEXT_OR_JSON))]
+    pub format: Format,
     /// Jaccard similarity from which two inputs are near duplicates.
     #[arg(long, default_value_t = DEFAULT_NEAR_THRESHOLD)]
     pub near_threshold: f64,
@@ -81,7 +73,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&a.near_threshold) || a.near_threshold == 0.0 {
         return Err(usage(format!("--near-threshold {} is outside (0, 1]", a.near_threshold)));
     }
-    let task = load_task(&a.config)?;
+    let task = a.task.load()?;
     let (counter, note) = match &task.file.tune {
         Some(t) => {
             let (c, n) = crate::tokens::counter_for(&t.base);
@@ -95,8 +87,8 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         report.notes.push(n);
     }
     match a.format {
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        ReportFormat::Text => print!("{}", check_text(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => print!("{}", check_text(&report)),
     }
     Ok(if report.blocks_tuning() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -192,8 +184,8 @@ fn role_name(r: Role) -> &'static str {
 
 #[derive(Args)]
 pub struct SplitArgs {
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// Share of the examples for validation.
     #[arg(long, default_value_t = 0.1)]
     pub validation: f64,
@@ -214,7 +206,7 @@ pub struct SplitArgs {
 
 fn split(a: SplitArgs) -> Result<ExitCode> {
     check_fraction("--validation", a.validation)?;
-    let task = load_task(&a.config)?;
+    let task = a.task.load()?;
     let has_eval = task.eval_path().is_some();
     let eval = match (has_eval, a.eval) {
         (true, Some(_)) => {
@@ -300,7 +292,7 @@ fn relative_to(p: &Path, base: &Path) -> PathBuf {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormatArg {
     OpenaiChat,
     PromptCompletion,
@@ -323,8 +315,8 @@ impl From<ExportFormatArg> for ExportFormat {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     #[arg(long, value_enum)]
     pub format: ExportFormatArg,
     /// Output JSONL (default: data/export/train.FORMAT.jsonl beside the task file).
@@ -354,7 +346,7 @@ pub struct ExportArgs {
 }
 
 fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
-    let task = load_task(&a.config)?;
+    let task = a.task.load()?;
     let format: ExportFormat = a.format.into();
     let tune = task.file.tune.clone();
     let input = match (&a.input, task.examples_path()) {

@@ -2,7 +2,9 @@
 //! a real evaluation in the first minute and edits from there.
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 type Files = &'static [(&'static str, &'static str)];
 
@@ -47,7 +49,7 @@ pub fn scaffold(dir: &Path, kind: &str, force: bool) -> Result<Vec<PathBuf>> {
     if !force {
         let existing: Vec<String> = files.iter().map(|(p, _)| dir.join(p)).filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
         if !existing.is_empty() {
-            bail!(crate::commands::UsageError(format!("{} already exist{}; pass --force to overwrite", existing.join(", "), if existing.len() == 1 { "s" } else { "" })));
+            bail!(crate::args::UsageError(format!("{} already exist{}; pass --force to overwrite", existing.join(", "), if existing.len() == 1 { "s" } else { "" })));
         }
     }
     let mut written = vec![];
@@ -61,3 +63,28 @@ pub fn scaffold(dir: &Path, kind: &str, force: bool) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory to create the task in (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// What the task's outputs are.
+    #[arg(long, value_parser = ["classification", "extraction", "rewrite", "generation"], default_value = "classification")]
+    pub kind: String,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn init(a: InitArgs) -> Result<ExitCode> {
+    let written = scaffold(&a.dir, &a.kind, a.force)?;
+    println!("Created a {} task in {}:", a.kind, a.dir.display());
+    for f in &written {
+        println!("  {}", f.display());
+    }
+    let cfg = a.dir.join("tunegate.yaml");
+    println!("\nNext: tunegate eval -c {}", cfg.display());
+    Ok(ExitCode::SUCCESS)
+}
+

@@ -4,7 +4,7 @@
 //! `tunegate_core::label`; this module is the two front ends and the
 //! suggestions.
 
-use crate::commands::usage;
+use crate::args::usage;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
@@ -20,8 +20,8 @@ use tunegate_store::store_path_for;
 pub struct LabelArgs {
     /// Raw inputs to label: JSONL (`{"input": ...}` or `{"vars": ...}`) or CSV.
     pub inputs: PathBuf,
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// The data set the answers are appended to.
     #[arg(long, value_parser = ["examples", "eval"], default_value = "examples")]
     pub to: String,
@@ -67,11 +67,9 @@ impl Suggester {
             None => None,
         };
         let prompt = CompiledPrompt::compile(task, src, examples.as_deref())?;
-        let spec = crate::tune::resolve_tuned(&spec, &store_path_for(task_path))?;
-        let env = |k: &str| std::env::var(k).ok();
-        let provider = tunegate_providers::build(&spec, &task.dir, &env).with_context(|| format!("--suggest: provider `{}`", spec.id))?;
+        let (provider, spec) = tunegate_run::build_provider(&spec, &task.dir, &store_path_for(task_path)).with_context(|| format!("--suggest: provider `{}`", spec.id))?;
         let caller = tunegate_run::Caller::new(provider, spec, tunegate_run::RunOptions::new(store_path_for(task_path)))?;
-        Ok(Suggester { prompt, caller, rt: crate::commands::runtime()?, inputs_path: inputs_path.to_path_buf(), memo: HashMap::new() })
+        Ok(Suggester { prompt, caller, rt: crate::args::runtime()?, inputs_path: inputs_path.to_path_buf(), memo: HashMap::new() })
     }
 
     /// The model's raw output for input `i`, or why there is none.
@@ -102,8 +100,8 @@ pub fn suggestion(session: &Session, suggester: &mut Option<Suggester>, i: usize
 }
 
 pub fn run(a: LabelArgs) -> Result<ExitCode> {
-    let path = crate::task_path(&a.config);
-    let task = Task::load(&path)?;
+    let path = a.task.path();
+    let task = a.task.load()?;
     let role = if a.to == "eval" { Role::Eval } else { Role::Examples };
     let who = a.who.clone().or_else(|| std::env::var("USER").ok()).or_else(|| std::env::var("LOGNAME").ok()).unwrap_or_else(|| "unknown".into());
     let mut session = Session::open(&task, &a.inputs, role, &who).map_err(err)?;

@@ -3,10 +3,11 @@
 
 mod adapter;
 mod advise;
+mod args;
 mod bench;
-mod commands;
 mod compare;
 mod data;
+mod eval;
 mod html;
 mod init;
 mod label;
@@ -48,7 +49,6 @@ fn keep_freed_memory() {
     // SAFETY: sets one integer option; mimalloc reads options at use time.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -69,15 +69,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Scaffold a task (tunegate.yaml, data/, prompts/) that runs as it is.
-    Init(commands::InitArgs),
+    Init(init::InitArgs),
     /// Evaluate every prompt x provider x case; cached, concurrent, resumable.
-    Eval(commands::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Before/after on the same cases: McNemar, paired bootstrap, regressions.
     Compare(compare::CompareArgs),
     /// List the runs in the store, newest first.
-    Runs(commands::RunsArgs),
+    Runs(eval::RunsArgs),
     /// Show one run case by case, failures first.
-    Show(commands::ShowArgs),
+    Show(eval::ShowArgs),
     /// The decision report: keep prompting, add retrieval, fix the data, or fine-tune.
     Advise(advise::AdviseArgs),
     /// The whole loop on the bundled example, offline, on the embedded model.
@@ -111,11 +111,11 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init(a) => commands::init(a),
-        Command::Eval(a) => commands::eval(a),
-        Command::Runs(a) => commands::runs(a),
+        Command::Init(a) => init::init(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Runs(a) => eval::runs(a),
         Command::Compare(a) => compare::run(a),
-        Command::Show(a) => commands::show(a),
+        Command::Show(a) => eval::show(a),
         Command::Advise(a) => advise::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Data(d) => data::run(d),
@@ -131,14 +131,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let code = commands::exit_code_for(&e);
-            eprintln!("error: {}", commands::one_line(&e));
+            let code = args::exit_code_for(&e);
+            eprintln!("error: {}", args::one_line(&e));
             ExitCode::from(code)
         }
     }
-}
-
-/// The task file to use: `-c` or `./tunegate.yaml`.
-pub fn task_path(c: &Option<PathBuf>) -> PathBuf {
-    c.clone().unwrap_or_else(|| PathBuf::from("tunegate.yaml"))
 }

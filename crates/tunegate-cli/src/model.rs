@@ -1,7 +1,7 @@
 //! `tunegate model …`: fetch, list and inspect model files; tokenize and
 //! generate for direct use.
 
-use crate::commands::usage;
+use crate::args::usage;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -198,7 +198,7 @@ pub fn fetch(from: &Option<String>, force: bool, show: bool) -> Result<PathBuf> 
 }
 
 fn download(url: &str, dest: &Path, show: bool) -> Result<()> {
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     rt.block_on(async {
         let mut resp = reqwest::get(url).await.with_context(|| format!("cannot download {url}"))?.error_for_status()?;
         let pb = bytes_bar(resp.content_length().unwrap_or(0), "downloading", show);
@@ -356,7 +356,7 @@ fn generate(a: GenerateArgs) -> Result<ExitCode> {
     };
     let choices = (!a.choices.is_empty()).then(|| a.choices.clone());
     let params = tunegate_core::Params { temperature: Some(a.temperature), max_tokens: Some(a.max_tokens), top_k: a.top_k, top_p: a.top_p, seed: Some(a.seed), stop: a.stop.clone(), choices, choice_mode: Some(choice_mode), ..Default::default() };
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     let t1 = std::time::Instant::now();
     let c = rt.block_on(tunegate_providers::local::complete_with_choices(&engine, &a.prompt, &params))?;
     if a.json {

@@ -1,23 +1,13 @@
 //! Output formats: a terminal table, JSON, JSONL, CSV and JUnit XML.
 
 use anyhow::Result;
-use clap::ValueEnum;
+pub use crate::args::Format;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
 use tunegate_run::{RunOutcome, RunSummary};
 use tunegate_store::{ResultRow, RunInfo, Store};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-    Jsonl,
-    Csv,
-    Junit,
-    /// One self-contained HTML file.
-    Html,
-}
 
 fn sink(out: Option<&Path>) -> Result<Box<dyn Write>> {
     Ok(match out {
@@ -87,7 +77,7 @@ pub fn summary_table(s: &RunSummary) -> String {
 pub fn write_eval(store: &Store, s: &RunSummary, o: &RunOutcome, format: Format, out: Option<&Path>, baseline: &[tunegate_run::compare::Comparison]) -> Result<()> {
     let mut w = sink(out)?;
     match format {
-        Format::Text => {
+        Format::Text | Format::Md => {
             write!(w, "{}", summary_table(s))?;
             let hit_pct = if o.completed == 0 { 0.0 } else { o.cache_hits as f64 / o.completed as f64 };
             writeln!(

@@ -3,6 +3,7 @@
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tunegate_run::Sink;
 use tunegate_store::ResultRow;
+use tunegate_tune::events::{TrainEvent, TrainSink};
 
 pub struct ProgressSink {
     bar: ProgressBar,
@@ -32,5 +33,77 @@ impl Sink for ProgressSink {
     }
     fn on_result(&self, _row: &ResultRow) {
         self.bar.inc(1);
+    }
+}
+
+/// Training on the terminal: the plan, a bar over the optimizer steps with
+/// the loss and tokens/s, one line per validated epoch, a summary at the end.
+pub struct TrainProgress {
+    bar: ProgressBar,
+}
+
+impl TrainProgress {
+    pub fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(ProgressStyle::with_template("training [{bar:30}] step {pos}/{len} · {msg} · ETA {eta}").unwrap().progress_chars("=> "));
+        TrainProgress { bar }
+    }
+
+    /// A line above the bar (a hidden bar, when stderr is not a terminal, drops println).
+    fn line(&self, s: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{s}");
+        } else {
+            self.bar.println(s);
+        }
+    }
+}
+
+fn pcts(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" -> ")
+}
+
+impl TrainSink for TrainProgress {
+    fn event(&mut self, e: &TrainEvent<'_>) {
+        match e {
+            TrainEvent::Plan(p) => {
+                let s = p.settings;
+                let accum = if s.grad_accum > 1 { format!(" x {} accumulated", s.grad_accum) } else { String::new() };
+                self.line(format!(
+                    "LoRA r={} alpha={} on {:?}: {} training / {} validation examples, {} epochs, batch {}{accum}, lr {} ({}), seed {}",
+                    s.lora.rank, s.lora.alpha, s.lora.targets, p.train_examples, p.validation_examples, s.epochs, s.batch_size, p.learning_rate, s.lr_schedule, s.seed
+                ));
+                self.bar.set_length(p.total_steps as u64);
+                self.bar.set_position(p.done_steps as u64);
+            }
+            TrainEvent::Note(n) => self.line(format!("note: {n}")),
+            TrainEvent::Resumed { job_id, step, epoch } => self.line(format!("resuming job {job_id} at step {step} (epoch {})", epoch + 1)),
+            TrainEvent::Step { info, tokens_per_second } => {
+                self.bar.set_message(format!("loss {:.3} · {:.0} tok/s", info.loss, tokens_per_second));
+                self.bar.inc(1);
+            }
+            TrainEvent::Epoch(e) => {
+                if let Some(v) = e.val_loss {
+                    let m = e.val_metric.map(|m| format!(", pass rate {:.1}%", 100.0 * m)).unwrap_or_default();
+                    let best = if e.best_epoch == Some(e.epoch + 1) { " (best so far)" } else { "" };
+                    self.line(format!("epoch {}: validation loss {v:.4}{m}{best}", e.epoch + 1));
+                }
+            }
+            TrainEvent::Finished(f) => {
+                self.bar.finish_and_clear();
+                let rates = if f.validation_pass_rates.is_empty() { String::new() } else { format!(", pass rate {}", pcts(f.validation_pass_rates)) };
+                eprintln!(
+                    "trained {} steps in {:.0}s ({:.0} tok/s); loss {:.3} -> {:.3}; validation loss {}{rates}; kept epoch {}; adapter: {}",
+                    f.steps,
+                    f.seconds,
+                    f.tokens_per_second,
+                    f.first_loss.unwrap_or(0.0),
+                    f.final_loss.unwrap_or(0.0),
+                    f.validation_losses.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" -> "),
+                    f.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "last".into()),
+                    f.adapter.display()
+                );
+            }
+        }
     }
 }

@@ -2,10 +2,11 @@
 //! the cost estimate and confirmation, and the printed reports; the search
 //! and the statistics are in tunegate_run::lab and tunegate_core::lab.
 
-use crate::commands::{runtime, usage};
+use crate::args::{runtime, usage};
 use crate::progress::ProgressSink;
+use crate::args::Format;
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,17 +30,10 @@ pub enum PromptCommand {
     Vary(VaryArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LabFormat {
-    Text,
-    Json,
-}
-
 #[derive(Args)]
 pub struct LabArgs {
-    /// Task file.
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// The prompt to study (its id in the task file).
     #[arg(long)]
     pub prompt: String,
@@ -47,7 +41,7 @@ pub struct LabArgs {
     #[arg(long)]
     pub provider: Option<String>,
     /// Cases in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
     pub concurrency: usize,
     /// Call the provider even when the cache has the answer.
     #[arg(long)]
@@ -71,8 +65,8 @@ pub struct LabArgs {
     #[arg(long)]
     pub no_progress: bool,
     /// Report format (the JSON is what `tunegate advise` reads from the store).
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: LabFormat,
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::TEXT_OR_JSON))]
+    pub format: Format,
     /// Write the report to a file instead of stdout.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -160,8 +154,8 @@ fn find_provider(task: &Task, name: Option<&str>) -> Result<tunegate_core::Provi
 }
 
 fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
-    let path = crate::task_path(&a.config);
-    let task = Task::load(&path)?;
+    let path = a.task.path();
+    let task = a.task.load()?;
     let src = task.prompt_sources.iter().find(|p| p.id == a.prompt).cloned().ok_or_else(|| {
         usage(format!("--prompt {}: no such prompt in {} (have: {})", a.prompt, path.display(), task.prompt_sources.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")))
     })?;
@@ -173,9 +167,7 @@ fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
         None => Budget::Unlimited,
     };
     let spec = find_provider(&task, a.provider.as_deref())?;
-    let spec = crate::tune::resolve_tuned(&spec, &store_path_for(&path))?;
-    let env = |k: &str| std::env::var(k).ok();
-    let provider = tunegate_providers::build(&spec, &task.dir, &env).with_context(|| format!("{}: provider `{}`", task.path.display(), spec.id))?;
+    let (provider, spec) = tunegate_run::build_provider(&spec, &task.dir, &store_path_for(&path)).with_context(|| format!("{}: provider `{}`", task.path.display(), spec.id))?;
     let (counter, note) = crate::tokens::counter_for(&spec.id);
     if let Some(n) = note {
         eprintln!("note: {n}");
@@ -262,8 +254,8 @@ fn drive<T>(stop: Arc<std::sync::atomic::AtomicBool>, progress: Arc<ProgressSink
 
 fn emit(a: &LabArgs, text: String, json: serde_json::Value) -> Result<()> {
     let body = match a.format {
-        LabFormat::Text => text,
-        LabFormat::Json => serde_json::to_string_pretty(&json)? + "\n",
+        Format::Json => serde_json::to_string_pretty(&json)? + "\n",
+        _ => text,
     };
     match &a.output {
         Some(p) => std::fs::write(p, body).with_context(|| format!("cannot write {}", p.display()))?,
@@ -559,8 +551,7 @@ pub fn vary(a: VaryArgs) -> Result<ExitCode> {
     }
     if let Some(pw) = &a.paraphrase_with {
         let spec = find_provider(&s.task, Some(pw))?;
-        let env = |k: &str| std::env::var(k).ok();
-        let provider = tunegate_providers::build(&spec, &s.task.dir, &env).with_context(|| format!("provider `{}`", spec.id))?;
+        let (provider, spec) = tunegate_run::build_provider(&spec, &s.task.dir, &store_path_for(&s.path)).with_context(|| format!("provider `{}`", spec.id))?;
         let instruction = d.instruction().unwrap_or_default();
         let sp = store_path_for(&s.path);
         let n = a.paraphrase_count;

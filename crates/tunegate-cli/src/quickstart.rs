@@ -38,7 +38,7 @@ pub struct QuickstartArgs {
     #[arg(long)]
     pub no_tune: bool,
     /// Cases in flight at once (the local model batches up to 16 together).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
     pub concurrency: usize,
 }
 
@@ -66,16 +66,15 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     eprintln!("[3/5] evaluating every prompt variant x provider on the eval set");
     let task = tunegate_core::Task::load(&cfg)?;
     let prep = tunegate_run::prepare(task)?;
-    let env = |k: &str| std::env::var(k).ok();
     let mut providers = vec![];
     for spec in &prep.task.file.providers {
-        providers.push((tunegate_providers::build(spec, &prep.task.dir, &env)?, spec.clone()));
+        providers.push(tunegate_run::build_provider(spec, &prep.task.dir, &store_path_for(&cfg))?);
     }
     let mut opts = RunOptions::new(store_path_for(&cfg));
     opts.concurrency = a.concurrency;
     let progress = Arc::new(crate::progress::ProgressSink::new(true));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     let outcome = rt.block_on(tunegate_run::run(&prep, providers, opts, sinks))?;
     progress.finish();
     let store = Store::open(&store_path_for(&cfg))?;
@@ -136,12 +135,12 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     if !a.no_tune {
         if let (Some(tune), Some(base_spec)) = (prep.task.file.tune.clone(), prep.task.file.providers.iter().find(|p| p.id.starts_with("local:")).cloned()) {
             eprintln!("[4/5] fine-tuning: LoRA on the embedded model with the prompt `{}`", tune.prompt);
-            let (job, adapter) = crate::tune::local_tune(&prep.task, &tune, &store_path_for(&cfg), true)?;
+            let settings = tunegate_tune::Settings::for_task(&prep.task, &tunegate_tune::Overrides::default())?;
+            let adapter = tunegate_tune::local::tune_task(&prep.task, &settings, &store_path_for(&cfg), None, &mut crate::progress::TrainProgress::new())?;
+            let job = adapter.job_id.clone();
             eprintln!("[5/5] evaluating the tuned model with `{}` and comparing before/after", tune.prompt);
-            let mut spec = base_spec.clone();
-            spec.id = format!("{}+adapter:{}", base_spec.id, adapter.display());
-            spec.label = Some(format!("{}+lora", base_spec.name()));
-            let provider = tunegate_providers::build(&spec, &prep.task.dir, &env)?;
+            let spec = adapter.provider_spec(&base_spec, format!("{}+lora", base_spec.name()));
+            let (provider, spec) = tunegate_run::build_provider(&spec, &prep.task.dir, &store_path_for(&cfg))?;
             let mut opts = RunOptions::new(store_path_for(&cfg));
             opts.concurrency = a.concurrency;
             opts.only_prompts = vec![tune.prompt.clone()];

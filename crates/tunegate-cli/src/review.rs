@@ -3,14 +3,13 @@
 //! is committed to the store before the next case is shown, so a session
 //! that is quit or killed resumes where it stopped.
 
-use crate::commands::usage;
+use crate::args::usage;
 use crate::output::{pct, Format};
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use tunegate_core::review::{a_first, agreement, preference_stats, Choice, PreferenceStats, Tally, Verdict};
 use tunegate_run::compare::{fmt_p, resolve_side, side_groups, Side};
@@ -23,8 +22,8 @@ pub struct ReviewArgs {
     pub a: String,
     /// Variant B: same forms.
     pub b: String,
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// Print the summary of the reviews so far and exit.
     #[arg(long)]
     pub summary: bool,
@@ -47,7 +46,7 @@ pub struct ReviewArgs {
     /// (the default when stdin or stdout is not a terminal).
     #[arg(long)]
     pub no_tui: bool,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::REPORT_FORMATS))]
     pub format: Format,
 }
 
@@ -76,8 +75,7 @@ pub fn run(a: ReviewArgs) -> Result<ExitCode> {
     if !(0.0 < a.alpha && a.alpha < 1.0) {
         return Err(usage("--alpha must be within (0, 1)"));
     }
-    let path = crate::task_path(&a.config);
-    let store = crate::commands::existing_store(&path)?;
+    let store = a.task.store()?;
     let sa = one_group(&store, resolve_side(&store, &a.a)?, &a.a)?;
     let sb = one_group(&store, resolve_side(&store, &a.b)?, &a.b)?;
     let (la, lb) = (sa.label(), sb.label());

@@ -64,9 +64,9 @@ pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Resp
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.addr.ip().is_loopback() && !a.allow_remote {
-        return Err(crate::commands::usage(format!("{} is not a loopback address; pass --allow-remote to expose the model to the network (and set --api-key)", a.addr)));
+        return Err(crate::args::usage(format!("{} is not a loopback address; pass --allow-remote to expose the model to the network (and set --api-key)", a.addr)));
     }
-    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::commands::usage(e.to_string()))?;
+    let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::args::usage(e.to_string()))?;
     eprintln!("loading {} ...", path.display());
     let engine = LocalEngine::get(&path).context("loading the model")?;
     let model_id = if a.model.ends_with(".gguf") { path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default() } else { a.model.clone() };
@@ -77,7 +77,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let ft = Arc::new(crate::serve_ft::FtState::new(state_dir.clone(), path.clone()).with_context(|| format!("cannot use {}", state_dir.display()))?);
     let state = Arc::new(AppState { engine, model_id, api_key: a.api_key.clone(), slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))), max_body: a.max_body, ft });
     let max_upload = a.max_upload;
-    let rt = crate::commands::runtime()?;
+    let rt = crate::args::runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
         eprintln!("serving {} on http://{}/v1 (OpenAI-compatible){}", state.model_id, listener.local_addr()?, if state.api_key.is_some() { ", bearer key required" } else { "" });

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tunegate_core::data::export::{validate, ExportFormat};
-use tunegate_model::lora::{train_resumable, Checkpointing, Hooks, LoraConfig, LoraModel, TrainExample, TrainOptions};
+use tunegate_tune::events::{TrainEvent, TrainSink};
+use tunegate_tune::local::Run;
+use tunegate_tune::{Overrides, Settings};
 
 use super::serve::{authorize, error, AppState};
 
@@ -113,9 +114,8 @@ pub async fn upload(State(state): State<Arc<AppState>>, headers: HeaderMap, mut 
     }
     let Some((filename, bytes)) = file else { return bad("no `file` part") };
     let text = String::from_utf8_lossy(&bytes).to_string();
-    let v = validate(ExportFormat::OpenaiChat, &text, &tunegate_core::data::CharEstimate, 65_536);
-    if let Some(p) = v.problems.first() {
-        return bad(format!("{filename}: example {} fails `{}`: {}", p.line, p.check, p.message));
+    if let Err((line, m)) = tunegate_tune::examples::check_chat_jsonl(&text) {
+        return bad(format!("{filename}: example {line} fails {m}"));
     }
     let id = ft.next("file");
     let path = ft.dir.join("files").join(format!("{id}.jsonl"));
@@ -142,6 +142,10 @@ pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     let Some(tf) = v["training_file"].as_str() else { return bad("`training_file` is required") };
     let Some((path, _, _)) = ft.files.lock().unwrap().get(tf).cloned() else { return bad(format!("no file `{tf}`")) };
     let hyper = v.get("hyperparameters").cloned().unwrap_or(json!({}));
+    let settings = match settings_for(&hyper) {
+        Ok(s) => s,
+        Err(e) => return bad(e.to_string()),
+    };
     let suffix = v["suffix"].as_str().unwrap_or("tunegate").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect::<String>();
     let job = Arc::new(Job {
         id: ft.next("ftjob"),
@@ -163,7 +167,7 @@ pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     let j = job.clone();
     let base = state.model_id.clone();
     std::thread::spawn(move || {
-        if let Err(e) = run_job(&ft, &engine.model.tokenizer, &j, &path, &hyper, &base, &suffix) {
+        if let Err(e) = run_job(&ft, &engine.model.tokenizer, &j, &path, &settings, &base, &suffix) {
             *j.status.lock().unwrap() = "failed".into();
             *j.error.lock().unwrap() = Some(e.clone());
             j.event("error", format!("Training failed: {e}"), json!({}));
@@ -172,59 +176,65 @@ pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     axum::Json(job.json()).into_response()
 }
 
-fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std::path::Path, hyper: &Value, base: &str, suffix: &str) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut examples = vec![];
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
-        let answer = msgs.iter().rev().find(|m| m["role"] == "assistant").and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
-        let prompt: Vec<tunegate_core::Message> = msgs
-            .iter()
-            .take_while(|m| m["role"] != "assistant")
-            .map(|m| tunegate_core::Message::new(m["role"].as_str().unwrap_or("user"), m["content"].as_str().unwrap_or("")))
-            .collect();
-        examples.push(TrainExample::from_text(tok, &tunegate_core::template::flatten_messages(&prompt), &answer));
+/// A job's settings: OpenAI's hyper-parameters (`n_epochs`, `batch_size`,
+/// `learning_rate_multiplier` of the default rate; "auto" or absent keeps
+/// the default) over the tune crate's defaults, checked before the job exists.
+fn settings_for(hyper: &Value) -> Result<Settings, tunegate_tune::TuneError> {
+    let n = |k: &str| hyper.get(k).and_then(|x| x.as_f64());
+    let whole = |k: &str| n(k).map(|x| if x >= 1.0 { x as usize } else { 0 });
+    Settings::from_overrides(&Overrides {
+        epochs: whole("n_epochs"),
+        batch_size: whole("batch_size"),
+        learning_rate: n("learning_rate_multiplier").map(|m| tunegate_tune::settings::DEFAULTS.learning_rate * m),
+        prefix: "hyperparameters.",
+        ..Default::default()
+    })
+}
+
+/// Serve's sink: training events become the job's event log, its trained
+/// token count and a checkpoint record per epoch.
+struct JobLog<'a> {
+    job: &'a Job,
+    steps_per_epoch: usize,
+}
+
+impl TrainSink for JobLog<'_> {
+    fn event(&mut self, e: &TrainEvent<'_>) {
+        let job = self.job;
+        match e {
+            TrainEvent::Step { info, .. } => {
+                job.trained_tokens.fetch_add(info.tokens as u64, Ordering::Relaxed);
+                job.event("info", format!("Step {}/{}: training loss={:.4}", info.step + 1, info.total_steps, info.loss), json!({"step": info.step + 1, "train_loss": info.loss}));
+            }
+            TrainEvent::Epoch(e) => {
+                let mut cks = job.checkpoints.lock().unwrap();
+                let n = cks.len();
+                cks.push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": (e.epoch + 1) * self.steps_per_epoch, "created_at": chrono::Utc::now().timestamp()}));
+            }
+            _ => {}
+        }
     }
+}
+
+fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std::path::Path, settings: &Settings, base: &str, suffix: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let examples: Vec<_> = tunegate_tune::examples::from_chat_jsonl(&text).map_err(|(line, m)| format!("line {line}: {m}"))?.iter().map(|e| e.encode(tok)).collect();
     *job.status.lock().unwrap() = "running".into();
     job.event("info", format!("Training started on {} examples", examples.len()), json!({}));
-    let n = |k: &str| hyper.get(k).and_then(|x| x.as_f64());
-    let opts = TrainOptions {
-        epochs: n("n_epochs").map(|e| e as usize).unwrap_or(3).max(1),
-        batch_size: n("batch_size").map(|b| b as usize).unwrap_or(8).max(1),
-        learning_rate: 1e-3 * n("learning_rate_multiplier").unwrap_or(1.0),
-        warmup_steps: 2,
-        stop: Some(job.stop.clone()),
-        ..Default::default()
-    };
-    let cfg = tunegate_model::gemma3::Config::from_file(&ft.model_path).map_err(|e| e.to_string())?;
-    let mut model = LoraModel::load(&ft.model_path, cfg, LoraConfig::default(), opts.seed).map_err(|e| e.to_string())?;
+    let mut model = tunegate_tune::local::load_model(&ft.model_path, settings).map_err(|e| e.to_string())?;
     let dir = ft.dir.join("adapters").join(&job.id);
     let ck = dir.join("checkpoint");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let total = examples.len().div_ceil(opts.batch_size) * opts.epochs;
-    let (_, progress) = train_resumable(
+    let mut sink = JobLog { job, steps_per_epoch: examples.len().div_ceil(settings.batch_size * settings.grad_accum) };
+    let trained = tunegate_tune::local::train(
         &mut model,
-        &examples,
-        &[],
-        &opts,
-        Some(Checkpointing { dir: &ck, every: 10 }),
-        None,
-        Hooks {
-            on_step: &mut |s| {
-                job.trained_tokens.fetch_add(s.tokens as u64, Ordering::Relaxed);
-                job.event("info", format!("Step {}/{total}: training loss={:.4}", s.step + 1, s.loss), json!({"step": s.step + 1, "train_loss": s.loss}));
-            },
-            on_epoch: &mut |e| {
-                let n = job.checkpoints.lock().unwrap().len();
-                job.checkpoints.lock().unwrap().push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": (e.epoch + 1) * examples.len().div_ceil(opts.batch_size), "created_at": chrono::Utc::now().timestamp()}));
-            },
-            metric: None,
-        },
+        settings,
+        Run { job_id: &job.id, train: &examples, validation: &[], checkpoint_dir: Some(&ck), resumed: None, stop: Some(job.stop.clone()), metric: None },
+        &mut sink,
     )
     .map_err(|e| e.to_string())?;
     if job.stop.load(Ordering::Relaxed) {
-        job.event("info", format!("Job cancelled at step {}", progress.step), json!({}));
+        job.event("info", format!("Job cancelled at step {}", trained.progress.step), json!({}));
         return Ok(());
     }
     model.save_peft(&dir, "google/gemma-3-270m").map_err(|e| e.to_string())?;

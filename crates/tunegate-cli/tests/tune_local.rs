@@ -49,6 +49,30 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The digest of this test's uninterrupted adapter (every tensor's name and
+/// bytes, in name order), recorded before fine-tuning moved into the
+/// `tunegate-tune` crate (commit e802f85, the binary of that commit, on an
+/// Intel Xeon with AVX-512): the move must not change one bit of training.
+const ADAPTER_DIGEST_BEFORE_THE_MOVE: &str = "adf32012e4db2c16d77f2f8ade73ab1c03de78b41e5b45d58d0c28b6cc3ff061";
+
+fn same_adapter_as_before_the_move(t: &BTreeMap<String, Vec<u8>>) {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, bytes) in t {
+        h.update(name.as_bytes());
+        h.update(bytes);
+    }
+    let digest = hex::encode(h.finalize());
+    // gemm picks its float kernels by CPU feature at run time, so the bits
+    // are those of an AVX-512 machine; elsewhere the digest differs in the
+    // last bits of the floats and says nothing about the move.
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("SKIPPED the adapter digest check: it was recorded on an AVX-512 CPU and this one has none (digest here: {digest})");
+        return;
+    }
+    assert_eq!(digest, ADAPTER_DIGEST_BEFORE_THE_MOVE, "training no longer writes the adapter it wrote before the move into tunegate-tune");
+}
+
 #[test]
 fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     if !model_present() {
@@ -62,6 +86,7 @@ fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let full = tensors(&adapters(a.path())[0].join("adapter_model.safetensors"));
     assert!(!full.is_empty());
+    same_adapter_as_before_the_move(&full);
     // The same run, killed after its second checkpoint, then resumed.
     let b = tempfile::tempdir().unwrap();
     task(b.path());

@@ -297,7 +297,7 @@ fn assign_ids(path: &Path, cases: &mut Vec<Case>, mut bad: Option<&mut Vec<Input
 /// Checks cases against the task's contract: labels in the label set,
 /// extraction targets that are JSON objects.
 pub fn check_contract(task: &Task, path: &Path, cases: &[Case], require_expected: bool) -> Result<(), InputError> {
-    let labels: Vec<String> = task.labels().iter().map(|l| crate::scorers::normalize_label(l)).collect();
+    let labels: Vec<String> = task.labels().iter().map(|l| crate::task::normalize_label(l)).collect();
     for c in cases {
         match (&c.expected, task.kind()) {
             (None, _) if require_expected => {
@@ -306,7 +306,7 @@ pub fn check_contract(task: &Task, path: &Path, cases: &[Case], require_expected
             (None, _) => {}
             (Some(e), TaskKind::Classification) => {
                 let text = value_text(e);
-                if !labels.contains(&crate::scorers::normalize_label(&text)) {
+                if !labels.contains(&crate::task::normalize_label(&text)) {
                     return Err(InputError::new(path, format!("label `{text}` is not in task.labels [{}]", task.labels().join(", ")))
                         .line(c.line)
                         .field("expected")

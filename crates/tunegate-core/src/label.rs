@@ -16,7 +16,8 @@
 use crate::data::near::normalize_text;
 use crate::dataset::{load_cases, load_cases_tolerant, value_text, Case};
 use crate::error::InputError;
-use crate::scorers::{normalize_label, parse_json_output};
+use crate::scorers::parse_json_output;
+use crate::task::normalize_label;
 use crate::task::{Task, TaskKind};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};

@@ -16,6 +16,7 @@ pub mod scorers;
 pub mod stats;
 pub mod task;
 pub mod template;
+pub mod thresholds;
 
 pub use dataset::{load_cases, Case};
 pub use error::{CoreError, InputError};

@@ -3,7 +3,7 @@
 //! of its assertions pass; its score is their weighted mean.
 
 use crate::dataset::{value_text, Case};
-use crate::task::{split_negation, AssertSpec, ProviderSpec, Task, TaskKind};
+use crate::task::{split_negation, AssertSpec, ProviderSpec, Task};
 use crate::template::Message;
 use std::collections::HashMap;
 use crate::template::render_value;
@@ -32,88 +32,8 @@ pub struct ResponseFacts {
     pub cost_usd: Option<f64>,
 }
 
-/// Normalises a label for comparison: first line, lower case, surrounding
-/// punctuation, quotes and markdown removed, inner whitespace collapsed.
-pub fn normalize_label(s: &str) -> String {
-    let first = s.trim().lines().next().unwrap_or("");
-    let t = first.trim_matches(|c: char| !c.is_alphanumeric());
-    t.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
-}
+pub use crate::task::{check_spec, normalize_label};
 
-/// Validates an assertion spec at load time so that a bad regex or a
-/// missing threshold is an error before any provider call is made.
-pub fn check_spec(a: &AssertSpec, kind: TaskKind, has_labels: bool, has_schema: bool) -> Result<(), String> {
-    let (k, _) = split_negation(&a.kind);
-    let value_str = a.value.as_ref().and_then(|v| v.as_str());
-    match k {
-        "regex" => {
-            let Some(v) = value_str else { return Err("`regex` needs a string `value`".into()) };
-            if !v.contains("{{") {
-                regex::Regex::new(v).map_err(|e| format!("invalid regex: {e}"))?;
-            }
-        }
-        "label" => {
-            if !has_labels {
-                return Err("`label` needs task.labels".into());
-            }
-        }
-        "json-schema" => {
-            if a.value.is_none() && !has_schema {
-                return Err("`json-schema` needs a `value` (schema or path) or task.output_schema".into());
-            }
-        }
-        "fields" => {
-            if kind != TaskKind::Extraction && kind != TaskKind::Generation && kind != TaskKind::Rewrite {
-                // Allowed anywhere expected is an object; nothing to check here.
-            }
-        }
-        "similarity" => {
-            if let Some(t) = a.threshold {
-                if !(0.0..=1.0).contains(&t) {
-                    return Err(format!("similarity threshold {t} is outside 0..1"));
-                }
-            }
-        }
-        "max-tokens" => {
-            if a.value.as_ref().and_then(|v| v.as_u64()).is_none() {
-                return Err("`max-tokens` needs an integer `value`".into());
-            }
-        }
-        "latency" | "cost" => {
-            if a.threshold.is_none() {
-                return Err(format!("`{k}` needs a `threshold` ({})", if k == "latency" { "milliseconds" } else { "US dollars per call" }));
-            }
-        }
-        "exec" => {
-            if value_str.is_none() {
-                return Err("`exec` needs a `value`: the command to run".into());
-            }
-        }
-        "llm-rubric" => {
-            if value_str.map(|v| v.trim().is_empty()).unwrap_or(true) {
-                return Err("`llm-rubric` needs a `value`: the rubric the output is graded against".into());
-            }
-            if a.provider.is_none() {
-                return Err("`llm-rubric` needs a `provider`: the grader, e.g. `provider: openai:gpt-4o-mini`".into());
-            }
-            if let Some(t) = &a.rubric_prompt {
-                if !t.contains("{{ output }}") && !t.contains("{{output}}") {
-                    return Err("`rubric_prompt` never shows the grader the output: it needs `{{ output }}`".into());
-                }
-            }
-        }
-        _ => {}
-    }
-    if k != "llm-rubric" && (a.provider.is_some() || a.rubric_prompt.is_some()) {
-        return Err(format!("`provider` and `rubric_prompt` belong to `llm-rubric`, not `{k}`"));
-    }
-    if let Some(w) = a.weight {
-        if w < 0.0 {
-            return Err("weight must not be negative".into());
-        }
-    }
-    Ok(())
-}
 
 /// One grader call an `llm-rubric` assertion needs before it is scored:
 /// the runner makes it (through its cache, retries and cost accounting)

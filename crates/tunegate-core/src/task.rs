@@ -167,6 +167,11 @@ pub struct ProviderSpec {
     pub timeout_s: Option<f64>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// `local:` providers only: a LoRA adapter directory (PEFT layout:
+    /// adapter_config.json, adapter_model.safetensors) applied on top of
+    /// the model, relative to the task file unless absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ProviderSpec {
@@ -245,6 +250,7 @@ impl GraderSpec {
                 rate_limit: None,
                 timeout_s: None,
                 max_retries: None,
+                adapter: None,
             },
         }
     }
@@ -397,7 +403,18 @@ impl Task {
     }
 
     pub fn from_source(path: &Path, source: String) -> Result<Task, InputError> {
-        let file: TaskFile = serde_yaml_ng::from_str(&source).map_err(|e| yaml_error(path, &e))?;
+        let mut file: TaskFile = serde_yaml_ng::from_str(&source).map_err(|e| yaml_error(path, &e))?;
+        // Earlier versions spelled an adapter into the id
+        // (`local:MODEL+adapter:DIR`); read it as the `adapter:` field, under
+        // the name the user wrote.
+        for p in &mut file.providers {
+            if let Some((model, dir)) = p.id.split_once("+adapter:").filter(|_| p.id.starts_with("local:") && p.adapter.is_none()) {
+                let (model, dir) = (model.to_string(), PathBuf::from(dir));
+                p.label.get_or_insert_with(|| p.id.clone());
+                p.id = model;
+                p.adapter = Some(dir);
+            }
+        }
         let dir = path
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
@@ -433,6 +450,16 @@ impl Task {
         })
     }
 
+    /// An error about the value of `key` (a dotted path such as
+    /// `lora.rank`), at the line of its last segment (else its first, else
+    /// the line of `tune`), reported as `field`.
+    pub fn error_at_key(&self, key: &str, field: &str, msg: impl Into<String>) -> InputError {
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let first = key.split('.').next().unwrap_or(key);
+        let line = self.key_line(last).or_else(|| self.key_line(first)).or_else(|| self.key_line("tune"));
+        self.err(line, field, msg)
+    }
+
     fn err(&self, line: Option<usize>, field: &str, msg: impl Into<String>) -> InputError {
         InputError::new(&self.path, msg).line(line).field(field)
     }
@@ -461,7 +488,7 @@ impl Task {
             if l.trim().is_empty() {
                 return Err(self.err(self.key_line("labels"), "task.labels", "a label is empty"));
             }
-            if !seen.insert(crate::scorers::normalize_label(l)) {
+            if !seen.insert(normalize_label(l)) {
                 return Err(self.err(self.key_line("labels"), "task.labels", format!("label `{l}` appears twice")));
             }
         }
@@ -560,6 +587,9 @@ impl Task {
                     return Err(self.err(line, &field, format!("unknown provider type `{other}`")).hint("use echo, exec:CMD, openai:MODEL, openai-compatible:MODEL, anthropic:MODEL, local:MODEL or tuned:JOB"));
                 }
             }
+            if p.adapter.is_some() && scheme != "local" {
+                return Err(self.err(line, &format!("providers[{i}].adapter"), format!("`{}` cannot take an adapter", p.id)).hint("adapters apply to `local:` models"));
+            }
             if let Some(t) = p.params.temperature {
                 if !(0.0..=2.0).contains(&t) {
                     return Err(self.err(line, &format!("providers[{i}].params.temperature"), format!("{t} is outside 0..2")));
@@ -576,27 +606,18 @@ impl Task {
             if !ASSERTION_TYPES.contains(&kind) {
                 return Err(self.err(self.line_of("type", &a.kind, 1), &format!("assert[{i}].type"), format!("unknown assertion type `{}`", a.kind)).hint(format!("known types: {}", ASSERTION_TYPES.join(", "))));
             }
-            crate::scorers::check_spec(a, f.task.kind, !f.task.labels.is_empty(), self.output_schema.is_some())
+            check_spec(a, f.task.kind, !f.task.labels.is_empty(), self.output_schema.is_some())
                 .map_err(|m| self.err(self.line_of("type", &a.kind, 1), &format!("assert[{i}]"), m))?;
         }
         if let Some(t) = &f.tune {
             if !ids.contains(&t.prompt) {
                 return Err(self.err(self.line_of("prompt", &t.prompt, 1), "tune.prompt", format!("no prompt with id `{}`", t.prompt)));
             }
-            if let Some(s) = t.select_by.as_deref().filter(|s| !["loss", "metric"].contains(s)) {
-                return Err(self.err(self.key_line("select_by"), "tune.select_by", format!("unknown value `{s}`")).hint("use `loss` (validation loss) or `metric` (validation pass rate)"));
-            }
-            if let Some(s) = t.lr_schedule.as_deref().filter(|s| !["cosine", "linear", "constant"].contains(s)) {
-                return Err(self.err(self.key_line("lr_schedule"), "tune.lr_schedule", format!("unknown schedule `{s}`")).hint("use cosine, linear or constant"));
-            }
-            for (key, v) in [("batch_size", t.batch_size), ("grad_accum", t.grad_accum), ("threads", t.threads)] {
-                if v == Some(0) {
-                    return Err(self.err(self.key_line(key), &format!("tune.{key}"), "must be at least 1"));
-                }
-            }
+            // Every other `tune:` value is checked by the tune crate's
+            // settings resolution, the one place that knows their ranges.
         }
         if let Some(a) = &f.advise {
-            crate::advise::Thresholds::new(Some(a)).map_err(|m| {
+            crate::thresholds::Thresholds::new(Some(a)).map_err(|m| {
                 let key = a.keys().find(|k| m.contains(&format!("`{k}`"))).cloned().unwrap_or_default();
                 self.err(self.key_line(&key).or(self.key_line("advise")), &format!("advise.{key}"), m).hint("the thresholds and their defaults are listed in README.md, \"The advisor\"")
             })?;
@@ -661,4 +682,87 @@ pub fn hash_json(v: &impl Serialize) -> String {
     use sha2::{Digest, Sha256};
     let s = serde_json::to_string(v).unwrap_or_default();
     hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// Normalises a label for comparison: first line, lower case, surrounding
+/// punctuation, quotes and markdown removed, inner whitespace collapsed.
+pub fn normalize_label(s: &str) -> String {
+    let first = s.trim().lines().next().unwrap_or("");
+    let t = first.trim_matches(|c: char| !c.is_alphanumeric());
+    t.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// Validates an assertion spec at load time so that a bad regex or a
+/// missing threshold is an error before any provider call is made.
+pub fn check_spec(a: &AssertSpec, kind: TaskKind, has_labels: bool, has_schema: bool) -> Result<(), String> {
+    let (k, _) = split_negation(&a.kind);
+    let value_str = a.value.as_ref().and_then(|v| v.as_str());
+    match k {
+        "regex" => {
+            let Some(v) = value_str else { return Err("`regex` needs a string `value`".into()) };
+            if !v.contains("{{") {
+                regex::Regex::new(v).map_err(|e| format!("invalid regex: {e}"))?;
+            }
+        }
+        "label" => {
+            if !has_labels {
+                return Err("`label` needs task.labels".into());
+            }
+        }
+        "json-schema" => {
+            if a.value.is_none() && !has_schema {
+                return Err("`json-schema` needs a `value` (schema or path) or task.output_schema".into());
+            }
+        }
+        "fields" => {
+            if kind != TaskKind::Extraction && kind != TaskKind::Generation && kind != TaskKind::Rewrite {
+                // Allowed anywhere expected is an object; nothing to check here.
+            }
+        }
+        "similarity" => {
+            if let Some(t) = a.threshold {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(format!("similarity threshold {t} is outside 0..1"));
+                }
+            }
+        }
+        "max-tokens" => {
+            if a.value.as_ref().and_then(|v| v.as_u64()).is_none() {
+                return Err("`max-tokens` needs an integer `value`".into());
+            }
+        }
+        "latency" | "cost" => {
+            if a.threshold.is_none() {
+                return Err(format!("`{k}` needs a `threshold` ({})", if k == "latency" { "milliseconds" } else { "US dollars per call" }));
+            }
+        }
+        "exec" => {
+            if value_str.is_none() {
+                return Err("`exec` needs a `value`: the command to run".into());
+            }
+        }
+        "llm-rubric" => {
+            if value_str.map(|v| v.trim().is_empty()).unwrap_or(true) {
+                return Err("`llm-rubric` needs a `value`: the rubric the output is graded against".into());
+            }
+            if a.provider.is_none() {
+                return Err("`llm-rubric` needs a `provider`: the grader, e.g. `provider: openai:gpt-4o-mini`".into());
+            }
+            if let Some(t) = &a.rubric_prompt {
+                if !t.contains("{{ output }}") && !t.contains("{{output}}") {
+                    return Err("`rubric_prompt` never shows the grader the output: it needs `{{ output }}`".into());
+                }
+            }
+        }
+        _ => {}
+    }
+    if k != "llm-rubric" && (a.provider.is_some() || a.rubric_prompt.is_some()) {
+        return Err(format!("`provider` and `rubric_prompt` belong to `llm-rubric`, not `{k}`"));
+    }
+    if let Some(w) = a.weight {
+        if w < 0.0 {
+            return Err("weight must not be negative".into());
+        }
+    }
+    Ok(())
 }

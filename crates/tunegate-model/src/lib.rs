@@ -2,6 +2,7 @@
 //! metadata, the Gemma 3 forward pass on quantized weights, sampling, and a
 //! text-in/text-out engine with batched generation. This crate never sees a
 //! task file: it deals in text, token ids and tensors only.
+//! LoRA: the trainable model in [`lora`], its training loop in [`train`].
 
 pub mod engine;
 pub mod gemma3;
@@ -14,6 +15,7 @@ pub mod paths;
 mod q8;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;
 
 pub use engine::{GenParams, Generation, LocalModel};
 

@@ -6,11 +6,33 @@ mod common;
 
 use candle_core::{Tensor, Var};
 use tunegate_model::gemma3::Config;
-use tunegate_model::lora::{
-    load_checkpoint, pack, train, train_resumable, Checkpointing, Hooks, LoraConfig, LoraModel,
-    TrainExample, TrainOptions,
+use tunegate_model::lora::{pack, LoraConfig, LoraModel, TrainExample};
+use tunegate_model::train::{
+    load_checkpoint, train, train_resumable, Checkpointing, Hooks, TrainOptions,
 };
 use tunegate_model::{GgufFile, Tokenizer};
+
+/// The options these tests were written against (what `TrainOptions`'s
+/// `Default` gave before the product's defaults moved out of the model
+/// crate), spelled out so each test keeps its meaning.
+fn opts() -> TrainOptions {
+    TrainOptions {
+        epochs: 3,
+        batch_size: 8,
+        learning_rate: 2e-4,
+        warmup_steps: 5,
+        schedule: "cosine".into(),
+        weight_decay: 0.0,
+        grad_clip: Some(1.0),
+        seed: 0,
+        max_steps: None,
+        stop: None,
+        early_stopping_patience: None,
+        grad_accum: 1,
+        select_by_metric: false,
+        gradient_checkpointing: false,
+    }
+}
 
 fn example(tok: &Tokenizer, prompt: &str, answer: &str) -> TrainExample {
     let p = tok.encode(prompt, true, false);
@@ -148,7 +170,7 @@ fn loss_falls_on_a_small_real_dataset() {
         learning_rate: 2e-3,
         warmup_steps: 1,
         seed: 3,
-        ..Default::default()
+        ..opts()
     };
     let log = train(&mut m, &ex, &[], &o, &mut |_| {}, &mut |_| {}).unwrap();
     let (first, last) = (log.first().unwrap().loss, log.last().unwrap().loss);
@@ -214,7 +236,7 @@ fn an_interrupted_run_resumed_from_its_checkpoint_ends_identical() {
         learning_rate: 1e-3,
         warmup_steps: 1,
         seed: 5,
-        ..Default::default()
+        ..opts()
     };
     let load =
         || LoraModel::load(&path, Config::from_file(&path).unwrap(), lora.clone(), 5).unwrap();
@@ -362,7 +384,7 @@ fn packed_examples_do_not_see_each_other_and_accumulation_matches_one_big_batch(
         learning_rate: 1e-3,
         warmup_steps: 1,
         seed: 2,
-        ..Default::default()
+        ..opts()
     };
     let weights = |m: &LoraModel| {
         m.adapters
@@ -458,7 +480,7 @@ fn a_task_metric_can_pick_the_best_epoch() {
         warmup_steps: 1,
         seed: 1,
         select_by_metric: true,
-        ..Default::default()
+        ..opts()
     };
     let (_, progress) = train_resumable(
         &mut m,

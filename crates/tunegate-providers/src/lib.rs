@@ -161,7 +161,7 @@ pub fn build(spec: &ProviderSpec, task_dir: &std::path::Path, lookup_env: &dyn F
             let base = spec.base_url.clone().unwrap_or_else(|| "https://api.anthropic.com".into());
             Arc::new(AnthropicProvider::new(&name, rest, &base, key("ANTHROPIC_API_KEY")?, timeout, spec.price.or_else(|| pricing::lookup(rest))))
         }
-        "local" => Arc::new(local::LocalProvider::new(&name, rest, task_dir)?),
+        "local" => Arc::new(local::LocalProvider::new(&name, rest, spec.adapter.as_deref(), task_dir)?),
         "tuned" => return Err(ProviderError::Config(format!("provider `{}`: tuned models are looked up in the run store by `tunegate eval`", spec.id))),
         other => return Err(ProviderError::Config(format!("unknown provider type `{other}`"))),
     })

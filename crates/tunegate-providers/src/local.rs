@@ -108,67 +108,113 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let (choice_jobs, gen_jobs): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.choices.is_some());
-        // Choice jobs that arrived together are scored together.
-        if !choice_jobs.is_empty() {
-            let inputs: Vec<(Vec<u32>, Vec<String>)> = choice_jobs.iter().map(|j| (j.tokens.clone(), j.choices.clone().unwrap_or_default())).collect();
-            match model.score_choices_batch(&inputs) {
-                Ok(all) => {
-                    for ((j, (_, choices)), scores) in choice_jobs.into_iter().zip(&inputs).zip(all) {
-                        let best = scores.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(i, _)| i).unwrap_or(0);
-                        let label = choices[best].trim().to_string();
-                        if let Some(s) = &j.stream {
-                            let _ = s.send(label.clone());
-                        }
-                        let n = model.tokenizer.encode(&choices[best], false, false).len();
-                        let _ = j.reply.send(Ok(Completion { text: label, prompt_tokens: j.tokens.len(), completion_tokens: n, finish_reason: "stop".into(), tokens: vec![], logprobs: vec![], top_logprobs: vec![] }));
-                    }
-                }
-                Err(e) => {
-                    for j in choice_jobs {
-                        let _ = j.reply.send(Err(e.to_string()));
-                    }
-                }
-            }
-        }
-        if gen_jobs.is_empty() {
-            continue;
-        }
-        let inputs: Vec<(Vec<u32>, GenParams)> = gen_jobs.iter().map(|j| (j.tokens.clone(), j.params.clone())).collect();
-        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<String>>> = gen_jobs.iter().map(|j| j.stream.clone()).collect();
+        let asks: Vec<Ask> = batch.iter().map(|j| Ask { tokens: j.tokens.clone(), params: j.params.clone(), choices: j.choices.clone() }).collect();
+        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<String>>> = batch.iter().map(|j| j.stream.clone()).collect();
         let mut on_text = |i: usize, delta: &str| match &streams[i] {
             Some(s) => s.send(delta.to_string()).is_ok(),
             None => true,
         };
-        match model.generate_batch_stream(&inputs, &mut on_text) {
-            Ok(gens) => {
-                for (j, g) in gen_jobs.into_iter().zip(gens) {
-                    let _ = j.reply.send(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason, tokens: g.tokens, logprobs: g.logprobs, top_logprobs: g.top_logprobs }));
+        for (j, r) in batch.into_iter().zip(answer_batch(&model, &asks, &mut on_text)) {
+            let _ = j.reply.send(r);
+        }
+    }
+}
+
+/// One request as the model thread sees it.
+pub struct Ask {
+    pub tokens: Vec<u32>,
+    pub params: GenParams,
+    /// Score these continuations instead of generating; the best one wins.
+    pub choices: Option<Vec<String>>,
+}
+
+/// Answers requests that arrived together: those with `choices` are scored
+/// in one batch, the rest generated in one batch (one forward call per
+/// decoding step for all). `on_text(i, delta)` hears request i's text as it
+/// is produced and returns false to stop it. Answers come back in order.
+/// The model thread and the validation metric of a training run both call
+/// this, so both answer exactly as an eval does.
+pub fn answer_batch(model: &LocalModel, asks: &[Ask], on_text: &mut dyn FnMut(usize, &str) -> bool) -> Vec<Result<Completion, String>> {
+    let mut out: Vec<Option<Result<Completion, String>>> = (0..asks.len()).map(|_| None).collect();
+    let (choice_idx, gen_idx): (Vec<usize>, Vec<usize>) = (0..asks.len()).partition(|&i| asks[i].choices.is_some());
+    if !choice_idx.is_empty() {
+        let inputs: Vec<(Vec<u32>, Vec<String>)> = choice_idx.iter().map(|&i| (asks[i].tokens.clone(), asks[i].choices.clone().unwrap_or_default())).collect();
+        match model.score_choices_batch(&inputs) {
+            Ok(all) => {
+                for ((&i, (_, choices)), scores) in choice_idx.iter().zip(&inputs).zip(all) {
+                    let best = scores.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal)).map(|(k, _)| k).unwrap_or(0);
+                    let label = choices[best].trim().to_string();
+                    on_text(i, &label);
+                    let n = model.tokenizer.encode(&choices[best], false, false).len();
+                    out[i] = Some(Ok(Completion { text: label, prompt_tokens: asks[i].tokens.len(), completion_tokens: n, finish_reason: "stop".into(), tokens: vec![], logprobs: vec![], top_logprobs: vec![] }));
                 }
             }
             Err(e) => {
-                for j in gen_jobs {
-                    let _ = j.reply.send(Err(e.to_string()));
+                for &i in &choice_idx {
+                    out[i] = Some(Err(e.to_string()));
                 }
             }
         }
     }
+    if !gen_idx.is_empty() {
+        let inputs: Vec<(Vec<u32>, GenParams)> = gen_idx.iter().map(|&i| (asks[i].tokens.clone(), asks[i].params.clone())).collect();
+        let mut on_gen = |k: usize, delta: &str| on_text(gen_idx[k], delta);
+        match model.generate_batch_stream(&inputs, &mut on_gen) {
+            Ok(gens) => {
+                for (&i, g) in gen_idx.iter().zip(gens) {
+                    out[i] = Some(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason, tokens: g.tokens, logprobs: g.logprobs, top_logprobs: g.top_logprobs }));
+                }
+            }
+            Err(e) => {
+                for &i in &gen_idx {
+                    out[i] = Some(Err(e.to_string()));
+                }
+            }
+        }
+    }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err("no answer".into()))).collect()
+}
+
+/// The request for `text` under a task's params: free generation, or, with
+/// `choices`, label scoring (default) or constrained decoding
+/// (`choice_mode: decode`).
+fn ask(model: &LocalModel, text: &str, p: &tunegate_core::Params) -> Ask {
+    let tokens = model.tokenizer.encode(text, true, false);
+    match (&p.choices, p.choice_mode.unwrap_or_default()) {
+        (None, _) => Ask { tokens, params: gen_params(p), choices: None },
+        (Some(labels), tunegate_core::ChoiceMode::Score) => Ask { tokens, params: gen_params(p), choices: Some(label_continuations(text, labels)) },
+        (Some(labels), tunegate_core::ChoiceMode::Decode) => Ask { tokens, params: constrained(model, text, labels, gen_params(p)), choices: None },
+    }
+}
+
+/// Answers prompt texts on a model the caller holds, exactly as this
+/// provider answers a task's cases (the same requests, batches of the
+/// model thread's size, labels trimmed): the validation metric of a
+/// training run measures its epochs with it.
+pub fn answer_all(model: &LocalModel, texts: &[String], p: &tunegate_core::Params) -> Result<Vec<String>, ProviderError> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(MAX_BATCH) {
+        let asks: Vec<Ask> = chunk.iter().map(|t| ask(model, t, p)).collect();
+        for r in answer_batch(model, &asks, &mut |_, _| true) {
+            let c = r.map_err(ProviderError::Exec)?;
+            out.push(if p.choices.is_some() { c.text.trim().to_string() } else { c.text });
+        }
+    }
+    Ok(out)
 }
 
 /// A completion for `text` under a task's params: free generation, or, with
 /// `choices`, the label picked by scoring (default) or constrained decoding
 /// (`choice_mode: decode`); a label comes back trimmed.
 pub async fn complete_with_choices(engine: &LocalEngine, text: &str, p: &tunegate_core::Params) -> Result<Completion, ProviderError> {
-    match (&p.choices, p.choice_mode.unwrap_or_default()) {
-        (None, _) => engine.complete(text, gen_params(p), None, None).await,
-        (Some(labels), tunegate_core::ChoiceMode::Score) => engine.complete(text, gen_params(p), Some(label_continuations(text, labels)), None).await,
-        (Some(labels), tunegate_core::ChoiceMode::Decode) => {
-            let params = constrained(&engine.model, text, labels, gen_params(p));
-            let mut c = engine.complete(text, params, None, None).await?;
-            c.text = c.text.trim().to_string();
-            Ok(c)
-        }
+    let a = ask(&engine.model, text, p);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.submit(Job { tokens: a.tokens, params: a.params, choices: a.choices, stream: None, reply: tx })?;
+    let mut c = rx.await.map_err(|_| ProviderError::Exec("the model thread stopped".into()))?.map_err(ProviderError::Exec)?;
+    if p.choices.is_some() {
+        c.text = c.text.trim().to_string();
     }
+    Ok(c)
 }
 
 /// Generation settings from a task's provider params; local defaults:
@@ -209,17 +255,18 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// `model` is `gemma-3-270m` (the embedded model) or a GGUF path. The
     /// file is loaded lazily, on the first call.
-    pub fn new(name: &str, model: &str, task_dir: &Path) -> Result<Self, ProviderError> {
-        // `NAME+adapter:DIR`: a LoRA adapter (PEFT layout) on top of the model.
-        let (model, adapter) = match model.split_once("+adapter:") {
-            Some((m, a)) => {
-                let a = if Path::new(a).is_absolute() { PathBuf::from(a) } else { task_dir.join(a) };
+    /// `adapter`: a LoRA adapter directory (PEFT layout) applied on top,
+    /// relative to the task's directory unless absolute.
+    pub fn new(name: &str, model: &str, adapter: Option<&Path>, task_dir: &Path) -> Result<Self, ProviderError> {
+        let adapter = match adapter {
+            Some(a) => {
+                let a = if a.is_absolute() { a.to_path_buf() } else { task_dir.join(a) };
                 if !a.join("adapter_model.safetensors").is_file() {
                     return Err(ProviderError::Config(format!("no adapter at {} (expected adapter_model.safetensors and adapter_config.json)", a.display())));
                 }
-                (m, Some(a))
+                Some(a)
             }
-            None => (model, None),
+            None => None,
         };
         let candidate = task_dir.join(model);
         let path = if candidate.is_file() {

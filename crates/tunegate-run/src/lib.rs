@@ -5,12 +5,14 @@
 //! its row is committed, which is what makes `--resume` exact.
 
 pub mod compare;
+mod factory;
 pub mod lab;
 pub mod judge;
 pub mod prepare;
 pub mod runner;
 pub mod summary;
 
+pub use factory::{build_provider, resolve_tuned};
 pub use prepare::{prepare, Prepared};
 pub use runner::{run, CallOutcome, Caller, CallerStats, RunOptions, RunOutcome, Sink};
 pub use summary::{summarize, GroupSummary, RunSummary};

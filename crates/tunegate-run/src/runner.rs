@@ -155,7 +155,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     if prompt_idx.is_empty() || slots.is_empty() {
         return Err(RunError::Resume("nothing to run: no prompt or provider matches the filters".into()));
     }
-    let graders = Arc::new(build_graders(prep)?);
+    let graders = Arc::new(build_graders(prep, &opts.store_path)?);
     let repeat = opts.repeat.max(1);
     let planned = (prompt_idx.len() * slots.len() * prep.eval.len()) as u64 * repeat as u64;
 
@@ -563,7 +563,7 @@ fn grader_key(spec: &ProviderSpec) -> String {
 /// Builds every grader the task's and the cases' `llm-rubric` assertions
 /// name, once per run; a grader that cannot be built (a missing API key)
 /// stops the run before the first call, like any provider.
-fn build_graders(prep: &Prepared) -> Result<HashMap<String, Arc<ProviderSlot>>, RunError> {
+fn build_graders(prep: &Prepared, store_path: &std::path::Path) -> Result<HashMap<String, Arc<ProviderSlot>>, RunError> {
     let mut out = HashMap::new();
     let asserts = prep.task.effective_asserts();
     let all = asserts.iter().chain(prep.eval.iter().flat_map(|c| c.asserts.iter()));
@@ -574,8 +574,7 @@ fn build_graders(prep: &Prepared) -> Result<HashMap<String, Arc<ProviderSlot>>, 
         if out.contains_key(&key) {
             continue;
         }
-        let env = |k: &str| std::env::var(k).ok();
-        let provider = tunegate_providers::build(&spec, &prep.task.dir, &env).map_err(|e| RunError::Provider(format!("{}: grader `{}`: {e}", prep.task.path.display(), spec.id)))?;
+        let (provider, _) = crate::build_provider(&spec, &prep.task.dir, store_path).map_err(|e| RunError::Provider(format!("{}: grader `{}`: {e}", prep.task.path.display(), spec.id)))?;
         let limiter = spec.rate_limit.map(|r| RateLimiter { interval: Duration::from_secs_f64(1.0 / r), next: tokio::sync::Mutex::new(Instant::now()) });
         out.insert(key, Arc::new(ProviderSlot { provider, spec, limiter }));
     }

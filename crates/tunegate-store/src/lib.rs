@@ -142,6 +142,14 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX judge_verdicts_sides ON judge_verdicts(side_a, side_b, judge);",
+    // 4: a local job's adapter directory as its own column. Earlier versions
+    // wrote it into fine_tuned_model as `BASE+adapter:DIR`; those records
+    // are moved over once, and the model is named `BASE:JOB` as new ones are.
+    "ALTER TABLE tune_jobs ADD COLUMN adapter TEXT;
+    UPDATE tune_jobs
+       SET adapter = substr(fine_tuned_model, instr(fine_tuned_model, '+adapter:') + 9),
+           fine_tuned_model = substr(fine_tuned_model, 1, instr(fine_tuned_model, '+adapter:') - 1) || ':' || id
+     WHERE backend = 'local' AND instr(fine_tuned_model, '+adapter:') > 0;",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +228,8 @@ pub struct TuneJob {
     pub base_model: String,
     pub status: String,
     pub fine_tuned_model: Option<String>,
+    /// A local job's LoRA adapter directory (PEFT layout), once trained.
+    pub adapter: Option<std::path::PathBuf>,
     pub data_hash: String,
     pub created_at: String,
     pub updated_at: String,
@@ -573,9 +583,9 @@ impl Store {
 
     pub fn insert_tune_job(&self, j: &TuneJob) -> Result<()> {
         let r = self.conn.execute(
-            "INSERT INTO tune_jobs(id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![j.id, j.backend, j.task_name, j.base_url, j.api_key_env, j.base_model, j.status, j.fine_tuned_model, j.data_hash, j.created_at, j.updated_at, j.meta.to_string()],
+            "INSERT INTO tune_jobs(id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta, adapter)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![j.id, j.backend, j.task_name, j.base_url, j.api_key_env, j.base_model, j.status, j.fine_tuned_model, j.data_hash, j.created_at, j.updated_at, j.meta.to_string(), j.adapter.as_ref().map(|a| a.to_string_lossy().to_string())],
         );
         self.sql(r).map(|_| ())
     }
@@ -588,12 +598,18 @@ impl Store {
         self.sql(r).map(|_| ())
     }
 
+    /// Records a local job's adapter directory.
+    pub fn set_tune_job_adapter(&self, id: &str, dir: &std::path::Path) -> Result<()> {
+        let r = self.conn.execute("UPDATE tune_jobs SET adapter = ?2, updated_at = ?3 WHERE id = ?1", params![id, dir.to_string_lossy().to_string(), now()]);
+        self.sql(r).map(|_| ())
+    }
+
     pub fn set_tune_job_meta(&self, id: &str, meta: &Value) -> Result<()> {
         let r = self.conn.execute("UPDATE tune_jobs SET meta = ?2, updated_at = ?3 WHERE id = ?1", params![id, meta.to_string(), now()]);
         self.sql(r).map(|_| ())
     }
 
-    const JOB_COLS: &'static str = "id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta";
+    const JOB_COLS: &'static str = "id, backend, task_name, base_url, api_key_env, base_model, status, fine_tuned_model, data_hash, created_at, updated_at, meta, adapter";
 
     fn job_from_row(r: &rusqlite::Row) -> rusqlite::Result<TuneJob> {
         let meta: String = r.get(11)?;
@@ -610,6 +626,7 @@ impl Store {
             created_at: r.get(9)?,
             updated_at: r.get(10)?,
             meta: serde_json::from_str(&meta).unwrap_or(Value::Null),
+            adapter: r.get::<_, Option<String>>(12)?.map(std::path::PathBuf::from),
         })
     }
 

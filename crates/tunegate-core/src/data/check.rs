@@ -23,7 +23,7 @@ use super::near::{Similarity, UnionFind, DEFAULT_NEAR_THRESHOLD};
 use super::{DataError, Distribution, Finding, FindingKind, Related, TokenCounter};
 use crate::dataset::{load_cases_tolerant, value_text, Case, TolerantLoad};
 use crate::error::InputError;
-use crate::scorers::normalize_label;
+use crate::task::normalize_label;
 use crate::task::{Task, TaskKind};
 use crate::template::{CompiledPrompt, Message};
 use serde::Serialize;

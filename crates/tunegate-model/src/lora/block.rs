@@ -13,8 +13,13 @@
 //! Layout: activations are [t, width] with the heads side by side in each
 //! row ([t, heads * head_dim]), as the projections produce them; attention
 //! runs per packed example and per head.
+//!
+//! `manual` chains the blocks and the head into the whole pass behind
+//! [`LoraModel::loss_and_grads`].
 
-use super::{gelu_parts as gelu, LoraModel};
+use super::ops::{self, gelu_parts as gelu, rms_bwd, rms_fwd, softmax_bwd_rows, softmax_rows};
+use super::{LoraModel, Packed, TARGETS};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -58,49 +63,6 @@ pub(super) struct AdapterGrad {
     pub b: Vec<f32>,
 }
 
-use super::ROWS_PER_TASK as ROWS;
-
-pub(super) fn rms_fwd(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let d = w.len();
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).for_each(|(o, x)| {
-        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * r * w;
-            }
-        }
-    });
-    out
-}
-
-/// dx for y = rms_norm(x) * w given dy; added into `acc` when given.
-pub(super) fn rms_bwd(x: &[f32], w: &[f32], eps: f32, gy: &[f32], acc: Option<&mut [f32]>) -> Vec<f32> {
-    let d = w.len();
-    let kernel = |o: &mut [f32], x: &[f32], g: &[f32], add: bool| {
-        for ((o, x), g) in o.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-            let r = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
-            let gwx: f32 = g.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
-            let c = r * r * r * gwx / d as f32;
-            for (((o, x), g), w) in o.iter_mut().zip(x).zip(g).zip(w) {
-                let v = r * w * g - x * c;
-                *o = if add { *o + v } else { v };
-            }
-        }
-    };
-    match acc {
-        Some(acc) => {
-            acc.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).zip(gy.par_chunks(d * ROWS)).for_each(|((o, x), g)| kernel(o, x, g, true));
-            vec![]
-        }
-        None => {
-            let mut out = vec![0f32; x.len()];
-            out.par_chunks_mut(d * ROWS).zip(x.par_chunks(d * ROWS)).zip(gy.par_chunks(d * ROWS)).for_each(|((o, x), g)| kernel(o, x, g, false));
-            out
-        }
-    }
-}
-
 /// Rotates [t, heads, hd] rows in place by the position's angles (or by
 /// their negatives), times `scale`.
 fn rope(x: &mut [f32], tab: &(Vec<f32>, Vec<f32>), heads: usize, hd: usize, scale: f32, inverse: bool) {
@@ -126,30 +88,74 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 }
 
 impl LoraModel {
+    pub(super) fn manual(&self, p: &Packed, checkpoint: bool) -> candle_core::Result<(f64, Vec<Option<Tensor>>)> {
+        let mut ad: HashMap<(usize, &'static str), AdapterGrad> = HashMap::new();
+        for ((li, name), (a, b)) in &self.adapters {
+            let name = TARGETS.iter().find(|(s, _)| s == name).map(|(s, _)| *s).unwrap_or("q");
+            ad.insert((*li, name), AdapterGrad { a: ops::with_data(a.as_tensor(), |d| d.to_vec())?, b: ops::with_data(b.as_tensor(), |d| d.to_vec())? });
+        }
+        let tables = |base: f32| {
+            let r = self.rope(base, &p.positions);
+            (r.cos.as_ref().clone(), r.sin.as_ref().clone())
+        };
+        let c = Ctx { segments: p.segments(), t: p.tokens.len(), global: tables(self.cfg.rope_base_global), local: tables(self.cfg.rope_base_local) };
+        let mut x = ops::with_data(&self.embed_tokens(p)?, |d| d.to_vec())?;
+        let (mut inputs, mut saved) = (vec![], vec![]);
+        for li in 0..self.layers.len() {
+            if checkpoint {
+                inputs.push(x.clone());
+            }
+            let (y, s) = self.block_fwd(li, x, &c, &ad)?;
+            if !checkpoint {
+                saved.push(s);
+            }
+            x = y;
+        }
+        let (value, mut g) = self.head_fwd_bwd(&x, &p.targets)?;
+        drop(x);
+        let mut out: HashMap<(usize, &'static str), (Vec<f32>, Vec<f32>)> = HashMap::new();
+        for li in (0..self.layers.len()).rev() {
+            let s = if checkpoint { self.block_fwd(li, inputs.pop().unwrap(), &c, &ad)?.1 } else { saved.pop().unwrap() };
+            g = self.block_bwd(li, &s, &g, &c, &ad, &mut out)?;
+        }
+        let mut result = vec![];
+        for ((li, name), (a, b)) in &self.adapters {
+            let name = TARGETS.iter().find(|(s, _)| s == name).map(|(s, _)| *s).unwrap_or("q");
+            match out.remove(&(*li, name)) {
+                Some((da, db)) => {
+                    result.push(Some(Tensor::from_vec(da, a.as_tensor().shape(), &Device::Cpu)?));
+                    result.push(Some(Tensor::from_vec(db, b.as_tensor().shape(), &Device::Cpu)?));
+                }
+                None => result.extend([None, None]),
+            }
+        }
+        Ok((value, result))
+    }
+
     /// A linear layer (frozen weight, plus its adapter when it has one):
     /// returns y and the dropout mask drawn for the adapter's input.
     fn lin_fwd(&self, li: usize, name: &'static str, x: &[f32], rows: usize, ad: &HashMap<(usize, &'static str), AdapterGrad>) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
         let w = &self.layers[li].weights[name];
         let (out, inp) = w.dims2()?;
-        let mut y = super::with_data(w, |w| super::x_wt(x, w, rows, inp, out))?;
+        let mut y = ops::with_data(w, |w| ops::x_wt(x, w, rows, inp, out))?;
         let Some(a) = ad.get(&(li, name)) else { return Ok((y, None)) };
         let r = a.a.len() / inp;
         let mask = self.dropout_mask(x.len());
         let low = match &mask {
-            Some(m) => super::x_wt(&x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>(), &a.a, rows, inp, r),
-            None => super::x_wt(x, &a.a, rows, inp, r),
+            Some(m) => ops::x_wt(&x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>(), &a.a, rows, inp, r),
+            None => ops::x_wt(x, &a.a, rows, inp, r),
         };
-        super::gemm_into(&mut y, rows, out, r, super::Mat { data: &low, rs: r, cs: 1 }, super::Mat { data: &a.b, rs: 1, cs: r }, self.scale() as f32, true);
+        ops::gemm_into(&mut y, rows, out, r, ops::Mat { data: &low, rs: r, cs: 1 }, ops::Mat { data: &a.b, rs: 1, cs: r }, self.scale() as f32, true);
         Ok((y, mask))
     }
 
     /// dx (added into `dx` when given) and the adapter's (dA, dB).
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(&self, li: usize, name: &'static str, x: &[f32], mask: Option<&Vec<f32>>, g: &[f32], rows: usize, dx: &mut Vec<f32>, ad: &HashMap<(usize, &'static str), AdapterGrad>, grads: &mut HashMap<(usize, &'static str), (Vec<f32>, Vec<f32>)>) -> candle_core::Result<()> {
-        use super::{gemm_into, gemm_new, Mat};
+        use super::ops::{gemm_into, gemm_new, Mat};
         let w = &self.layers[li].weights[name];
         let (out, inp) = w.dims2()?;
-        super::with_data(w, |w| {
+        ops::with_data(w, |w| {
             if dx.is_empty() {
                 *dx = gemm_new(rows, inp, out, Mat { data: g, rs: out, cs: 1 }, Mat { data: w, rs: inp, cs: 1 });
             } else {
@@ -173,7 +179,7 @@ impl LoraModel {
             }
         }
         let da = gemm_new(r, inp, rows, Mat { data: &gb, rs: 1, cs: r }, Mat { data: &xd, rs: inp, cs: 1 });
-        let xa = super::x_wt(&xd, &a.a, rows, inp, r);
+        let xa = ops::x_wt(&xd, &a.a, rows, inp, r);
         let mut db = gemm_new(out, r, rows, Mat { data: g, rs: 1, cs: out }, Mat { data: &xa, rs: r, cs: 1 });
         db.iter_mut().for_each(|v| *v *= s);
         grads.insert((li, name), (da, db));
@@ -211,11 +217,11 @@ impl LoraModel {
         let results: Vec<(Vec<f32>, Vec<f32>)> = jobs
             .par_iter()
             .map(|&(s, len, h)| {
-                let qh = super::Mat { data: &qr[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 };
-                let kt = super::Mat { data: &kr[s * hd..], rs: 1, cs: hd };
+                let qh = ops::Mat { data: &qr[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 };
+                let kt = ops::Mat { data: &kr[s * hd..], rs: 1, cs: hd };
                 let mut p = gemm_seq(len, len, hd, qh, kt);
                 softmax_rows(&mut p, len, window);
-                let oh = gemm_seq(len, hd, len, super::Mat { data: &p, rs: len, cs: 1 }, super::Mat { data: &v[s * hd..], rs: hd, cs: 1 });
+                let oh = gemm_seq(len, hd, len, ops::Mat { data: &p, rs: len, cs: 1 }, ops::Mat { data: &v[s * hd..], rs: hd, cs: 1 });
                 (p, oh)
             })
             .collect();
@@ -275,14 +281,14 @@ impl LoraModel {
             .par_iter()
             .map(|&(si, s, len, h)| {
                 let p = &sv.probs[si * nh + h];
-                let doh = super::Mat { data: &go[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 };
+                let doh = ops::Mat { data: &go[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 };
                 // dV = P^T dO ; dP = dO V^T
-                let dv = gemm_seq(len, hd, len, super::Mat { data: p, rs: 1, cs: len }, super::Mat { data: &go[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 });
-                let mut dp = gemm_seq(len, len, hd, doh, super::Mat { data: &sv.v[s * hd..], rs: 1, cs: hd });
+                let dv = gemm_seq(len, hd, len, ops::Mat { data: p, rs: 1, cs: len }, ops::Mat { data: &go[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 });
+                let mut dp = gemm_seq(len, len, hd, doh, ops::Mat { data: &sv.v[s * hd..], rs: 1, cs: hd });
                 softmax_bwd_rows(&mut dp, p, len, window);
                 // dQr = dS Kr ; dKr = dS^T Qr
-                let dq = gemm_seq(len, hd, len, super::Mat { data: &dp, rs: len, cs: 1 }, super::Mat { data: &sv.kr[s * hd..], rs: hd, cs: 1 });
-                let dk = gemm_seq(len, hd, len, super::Mat { data: &dp, rs: 1, cs: len }, super::Mat { data: &sv.qr[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 });
+                let dq = gemm_seq(len, hd, len, ops::Mat { data: &dp, rs: len, cs: 1 }, ops::Mat { data: &sv.kr[s * hd..], rs: hd, cs: 1 });
+                let dk = gemm_seq(len, hd, len, ops::Mat { data: &dp, rs: 1, cs: len }, ops::Mat { data: &sv.qr[s * nh * hd + h * hd..], rs: nh * hd, cs: 1 });
                 (dq, dk, dv)
             })
             .collect();
@@ -315,41 +321,12 @@ impl LoraModel {
 }
 
 /// A small product on the calling thread (the callers run many in parallel).
-fn gemm_seq(m: usize, n: usize, k: usize, lhs: super::Mat, rhs: super::Mat) -> Vec<f32> {
+fn gemm_seq(m: usize, n: usize, k: usize, lhs: ops::Mat, rhs: ops::Mat) -> Vec<f32> {
     let mut dst = vec![0f32; m * n];
     // SAFETY: dst holds m * n elements; the operands are bounds-checked by
     // gemm_checked.
-    super::gemm_checked(&mut dst, m, n, k, lhs, rhs, 1.0, false, false);
+    ops::gemm_checked(&mut dst, m, n, k, lhs, rhs, 1.0, false, false);
     dst
-}
-
-pub(super) fn softmax_rows(p: &mut [f32], n: usize, window: Option<usize>) {
-    for i in 0..n {
-        let a = window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0);
-        let row = &mut p[i * n..(i + 1) * n];
-        let mx = row[a..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in &mut row[a..=i] {
-            *v = (*v - mx).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = if j >= a && j <= i { *v * inv } else { 0.0 };
-        }
-    }
-}
-
-/// dP (in place) becomes dS = P (dP - sum(dP P)) over each row's allowed keys.
-pub(super) fn softmax_bwd_rows(dp: &mut [f32], p: &[f32], n: usize, window: Option<usize>) {
-    for i in 0..n {
-        let a = window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0);
-        let (d, y) = (&mut dp[i * n..(i + 1) * n], &p[i * n..(i + 1) * n]);
-        let dot: f32 = y[a..=i].iter().zip(&d[a..=i]).map(|(y, g)| y * g).sum();
-        for (j, v) in d.iter_mut().enumerate() {
-            *v = if j >= a && j <= i { y[j] * (*v - dot) } else { 0.0 };
-        }
-    }
 }
 
 /// Rows of the output head computed at once: 128 x 262,144 logits are
@@ -361,20 +338,20 @@ impl LoraModel {
     /// packed targets' rows, forward and backward together, in chunks of
     /// rows: returns the loss and dL/dx for the last block's output x.
     pub(super) fn head_fwd_bwd(&self, x: &[f32], targets: &[(usize, u32)]) -> candle_core::Result<(f64, Vec<f32>)> {
-        use super::{gemm_new, Mat};
+        use super::ops::{gemm_new, Mat};
         let d = self.cfg.d_model;
         let eps = self.cfg.rms_eps as f32;
         let n = targets.len();
         let mut gx = vec![0f32; x.len()];
         let mut total = 0f64;
-        super::with_data(&self.embed, |e| {
+        ops::with_data(&self.embed, |e| {
             let vocab = e.len() / d;
             for chunk in targets.chunks(HEAD_CHUNK) {
                 let c = chunk.len();
                 let xs: Vec<f32> = chunk.iter().flat_map(|(r, _)| x[r * d..(r + 1) * d].iter().copied()).collect();
                 let xn = rms_fwd(&xs, &self.out_norm, eps);
                 // logits [c, vocab] = xn E^T, turned in place into dL/dlogits.
-                let mut logits = super::x_wt(&xn, e, c, d, vocab);
+                let mut logits = ops::x_wt(&xn, e, c, d, vocab);
                 let losses: Vec<f64> = logits
                     .par_chunks_mut(vocab)
                     .zip(chunk.par_iter())

@@ -1,6 +1,7 @@
-//! The commands: argument structs and the glue from them to the libraries.
+//! `tunegate eval`, `runs` and `show`: run the task, list its runs, show one.
 
-use crate::output::{self, Format};
+use crate::args::{runtime, usage, Format, CONCURRENCY};
+use crate::output;
 use crate::progress::ProgressSink;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -8,101 +9,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tunegate_core::{InputError, Task};
-use tunegate_run::{RunError, RunOptions, Sink};
-use tunegate_store::{store_path_for, Store, StoreError};
-
-/// A mistake in how tunegate was called (exit 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}
-
-pub fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UsageError(msg.into()))
-}
-
-/// Bad input or usage exits 2; anything else that stops a command exits 1.
-pub fn exit_code_for(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if cause.is::<InputError>() || cause.is::<UsageError>() {
-            return 2;
-        }
-        if let Some(r) = cause.downcast_ref::<RunError>() {
-            if matches!(r, RunError::Input(_) | RunError::Resume(_) | RunError::Provider(_)) {
-                return 2;
-            }
-        }
-        if let Some(StoreError::NoRun(_) | StoreError::Ambiguous(_)) = cause.downcast_ref::<StoreError>() {
-            return 2;
-        }
-        if cause.is::<tunegate_providers::ProviderError>() {
-            return 2;
-        }
-    }
-    1
-}
-
-/// The error and its causes on one line.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = vec![];
-    for c in e.chain() {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ").replace('\n', " ")
-}
-
-/// The async runtime for runs: one worker thread. The runner's own work per
-/// case (render, cache lookup, scoring) is light; providers wait on I/O or
-/// run on threads of their own (exec scoring, the local model), and the
-/// store writer has its own thread. A second worker only added cross-thread
-/// wake-ups (measured: the harness benchmark's top cost).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
-}
-
-#[derive(Args)]
-pub struct InitArgs {
-    /// Directory to create the task in (created if missing).
-    #[arg(default_value = ".")]
-    pub dir: PathBuf,
-    /// What the task's outputs are.
-    #[arg(long, value_parser = ["classification", "extraction", "rewrite", "generation"], default_value = "classification")]
-    pub kind: String,
-    /// Overwrite files that already exist.
-    #[arg(long)]
-    pub force: bool,
-}
-
-pub fn init(a: InitArgs) -> Result<ExitCode> {
-    let written = crate::init::scaffold(&a.dir, &a.kind, a.force)?;
-    println!("Created a {} task in {}:", a.kind, a.dir.display());
-    for f in &written {
-        println!("  {}", f.display());
-    }
-    let cfg = a.dir.join("tunegate.yaml");
-    println!("\nNext: tunegate eval -c {}", cfg.display());
-    Ok(ExitCode::SUCCESS)
-}
+use tunegate_run::{RunOptions, Sink};
+use tunegate_store::{store_path_for, Store};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Task file.
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// Ask each provider N times per case (measures stability).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
     /// Cases in flight at once, across providers.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = CONCURRENCY)]
     pub concurrency: usize,
     /// Call providers even when the cache has the answer.
     #[arg(long)]
@@ -117,7 +35,7 @@ pub struct EvalArgs {
     #[arg(long = "provider")]
     pub providers: Vec<String>,
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::REPORT_FORMATS))]
     pub format: Format,
     /// Write the output to a file instead of stdout.
     #[arg(short = 'o', long)]
@@ -146,10 +64,6 @@ pub struct EvalArgs {
     pub show_grader_prompt: bool,
 }
 
-fn load_task(path: &PathBuf) -> Result<Task> {
-    Ok(Task::load(path)?)
-}
-
 pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     if a.show_grader_prompt {
         println!("{}", tunegate_core::judge::DEFAULT_RUBRIC_PROMPT);
@@ -160,8 +74,8 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
             return Err(usage(format!("--threshold {t} is outside 0..1")));
         }
     }
-    let path = crate::task_path(&a.config);
-    let task = load_task(&path)?;
+    let path = a.task.path();
+    let task = a.task.load()?;
     let prep = tunegate_run::prepare(task)?;
     if let Some(x) = a.max_regression {
         if !(0.0..=1.0).contains(&x) || a.baseline.is_none() {
@@ -179,15 +93,12 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let env = |k: &str| std::env::var(k).ok();
     let mut providers = vec![];
     for spec in &prep.task.file.providers {
         if !a.providers.is_empty() && !a.providers.iter().any(|n| n == spec.name() || n == &spec.id) {
             continue;
         }
-        let spec = crate::tune::resolve_tuned(spec, &store_path_for(&path))?;
-        let p = tunegate_providers::build(&spec, &prep.task.dir, &env).with_context(|| format!("{}: provider `{}`", prep.task.path.display(), spec.id))?;
-        providers.push((p, spec));
+        providers.push(tunegate_run::build_provider(spec, &prep.task.dir, &store_path_for(&path)).with_context(|| format!("{}: provider `{}`", prep.task.path.display(), spec.id))?);
     }
     for p in &a.prompts {
         if !prep.prompts.iter().any(|x| &x.id == p) {
@@ -269,29 +180,18 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     Ok(if below || (a.threshold.is_none() && failing) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// The run store of a task that has been evaluated at least once; a usage
-/// error saying what to run first otherwise.
-pub fn existing_store(task_file: &std::path::Path) -> Result<Store> {
-    let sp = store_path_for(task_file);
-    if !sp.exists() {
-        return Err(usage(format!("no run store at {} yet: run `tunegate eval -c {}` first", sp.display(), task_file.display())));
-    }
-    Ok(Store::open(&sp)?)
-}
-
 #[derive(Args)]
 pub struct RunsArgs {
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::REPORT_FORMATS))]
     pub format: Format,
 }
 
 pub fn runs(a: RunsArgs) -> Result<ExitCode> {
-    let path = crate::task_path(&a.config);
-    let store = existing_store(&path)?;
+    let store = a.task.store()?;
     let runs = store.list_runs(a.limit)?;
     output::write_runs(&store, &runs, a.format)?;
     Ok(ExitCode::SUCCESS)
@@ -302,12 +202,12 @@ pub struct ShowArgs {
     /// Run id (or a unique prefix), or `latest`.
     #[arg(default_value = "latest")]
     pub run: String,
-    #[arg(short = 'c', long = "config")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub task: crate::args::TaskArgs,
     /// Only failed cases and errors.
     #[arg(long)]
     pub failed: bool,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::REPORT_FORMATS))]
     pub format: Format,
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -317,8 +217,7 @@ pub struct ShowArgs {
 }
 
 pub fn show(a: ShowArgs) -> Result<ExitCode> {
-    let path = crate::task_path(&a.config);
-    let store = existing_store(&path)?;
+    let store = a.task.store()?;
     let run = store.resolve_run(&a.run)?;
     let summary = tunegate_run::summarize(&store, &run.id)?;
     output::write_show(&store, &summary, a.failed, a.limit, a.format, a.output.as_deref())?;
