@@ -76,25 +76,10 @@ fn prices(task: &Task) -> Vec<ProviderPrice> {
         .providers
         .iter()
         .map(|p| {
-            let (price, source) = price_of(p);
+            let (price, source) = tunegate_providers::pricing::price_of(p);
             ProviderPrice { provider: p.name().to_string(), price, source }
         })
         .collect()
-}
-
-/// A provider's price per million tokens, and where it comes from: the
-/// task file's `price:`, else tunegate's table of published prices.
-pub fn price_of(p: &tunegate_core::ProviderSpec) -> (Option<tunegate_core::Price>, String) {
-    let (scheme, model) = p.id.split_once(':').unwrap_or((p.id.as_str(), ""));
-    match (p.price, scheme) {
-        (Some(pr), _) => (Some(pr), "price from the task file".to_string()),
-        (None, "openai" | "anthropic" | "openai-compatible") => match tunegate_providers::pricing::lookup(model) {
-            Some(pr) => (Some(pr), format!("published price of {model} (tunegate price table, 2025)")),
-            None => (None, format!("no published price for {model}: set `price:` on the provider")),
-        },
-        (None, "local") => (None, "local model: self-hosted, no per-token price".into()),
-        (None, _) => (None, "no price (set `price:` on the provider to include it)".into()),
-    }
 }
 
 fn age_days(now: i64, ts: &str) -> Option<f64> {
@@ -230,7 +215,7 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
     let (run, store_revs, reviews) = if sp.exists() {
         let store = Store::open(&sp)?;
         let run = run_evidence(&store, task, run_sel)?;
-        let (m, s, v) = crate::prompt::latest_reports(&store, &task.file.task.name)?;
+        let (m, s, v) = tunegate_run::lab::latest_reports(&store, &task.file.task.name)?;
         lab = advise::LabEvidence { minimize: m, sweep: s, vary: v };
         let revs = store.revisions()?.into_iter().filter_map(|r| Some(RevisionEvent { age_days: age_days(now, &r.recorded_at)?, kind: r.kind, name: r.name, hash: r.hash })).collect();
         (run, revs, review_evidence(&store)?)

@@ -5,7 +5,7 @@
 //! answer or the suggestion. Every save goes to disk before the next
 //! screen is drawn.
 
-use crate::label::{after, err, progress_with, show_value, suggestion, Suggester};
+use crate::label_session::{after, err, progress_with, show_value, suggestion, Suggester};
 use anyhow::Result;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};

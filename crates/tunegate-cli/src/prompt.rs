@@ -18,7 +18,7 @@ use tunegate_core::task::{PromptSource, ShotStrategy};
 use tunegate_core::Task;
 use tunegate_run::lab::{self as rlab, Budget, Estimate, Lab, LabConfig, LabError};
 use tunegate_run::Sink;
-use tunegate_store::{store_path_for, Store};
+use tunegate_store::store_path_for;
 
 #[derive(Subcommand)]
 pub enum PromptCommand {
@@ -172,7 +172,7 @@ fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
     if let Some(n) = note {
         eprintln!("note: {n}");
     }
-    let (price, price_note) = crate::advise::price_of(&spec);
+    let (price, price_note) = tunegate_providers::pricing::price_of(&spec);
     let progress = Arc::new(ProgressSink::new(!a.no_progress && std::io::stderr().is_terminal()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
     let cfg = LabConfig {
@@ -610,15 +610,4 @@ fn vary_text(r: &VaryReport) -> String {
         }
     }
     o
-}
-
-/// The latest stored report of each lab kind for a task, for the advisor.
-pub fn latest_reports(store: &Store, task_name: &str) -> Result<(Option<MinimizeReport>, Option<SweepReport>, Option<VaryReport>)> {
-    let runs = store.list_runs(500)?;
-    let find = |kind: &str| runs.iter().find(|r| r.kind == kind && r.task_name == task_name && r.meta.get("report").map(|v| !v.is_null()).unwrap_or(false)).map(|r| r.meta["report"].clone());
-    Ok((
-        find("ablation").and_then(|v| serde_json::from_value(v).ok()),
-        find("sweep").and_then(|v| serde_json::from_value(v).ok()),
-        find("variation").and_then(|v| serde_json::from_value(v).ok()),
-    ))
 }

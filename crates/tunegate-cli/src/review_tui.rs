@@ -3,7 +3,7 @@
 //! is which stays hidden), one key per verdict. The session logic is
 //! [`Reviewing`], shared with the line mode.
 
-use crate::review::Reviewing;
+use crate::review_session::Reviewing;
 use anyhow::Result;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+use crate::serve_http::{authorize, error};
 use tunegate_providers::local::{gen_params, LocalEngine};
 
 #[derive(Args)]
@@ -58,9 +59,6 @@ pub struct AppState {
     pub ft: Arc<crate::serve_ft::FtState>,
 }
 
-pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": {"message": message.into(), "type": kind, "code": status.as_u16()}}))).into_response()
-}
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.addr.ip().is_loopback() && !a.allow_remote {
@@ -74,7 +72,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         Some(d) => d,
         None => tunegate_model::default_model_dir()?.parent().map(|p| p.join("serve")).unwrap_or_else(|| std::path::PathBuf::from("tunegate-serve")),
     };
-    let ft = Arc::new(crate::serve_ft::FtState::new(state_dir.clone(), path.clone()).with_context(|| format!("cannot use {}", state_dir.display()))?);
+    let ft = Arc::new(crate::serve_ft::FtState::new(state_dir.clone(), path.clone(), engine.clone(), model_id.clone(), a.api_key.clone()).with_context(|| format!("cannot use {}", state_dir.display()))?);
     let state = Arc::new(AppState { engine, model_id, api_key: a.api_key.clone(), slots: Arc::new(Semaphore::new(a.max_concurrency.max(1))), max_body: a.max_body, ft });
     let max_upload = a.max_upload;
     let rt = crate::args::runtime()?;
@@ -94,36 +92,29 @@ fn router(state: Arc<AppState>, max_upload: usize) -> Router {
     use crate::serve_ft as ft;
     // Bodies are read as bytes and parsed here, so a malformed or oversized
     // body gets our JSON error rather than a framework default.
-    let files = Router::new().route("/v1/files", post(ft::upload)).layer(axum::extract::DefaultBodyLimit::max(max_upload)).with_state(state.clone());
-    Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
+    let files = Router::new().route("/v1/files", post(ft::upload)).layer(axum::extract::DefaultBodyLimit::max(max_upload)).with_state(state.ft.clone());
+    let jobs = Router::new()
         .route("/v1/fine_tuning/jobs", post(ft::create).get(ft::list))
         .route("/v1/fine_tuning/jobs/{id}", get(ft::get))
         .route("/v1/fine_tuning/jobs/{id}/events", get(ft::events))
         .route("/v1/fine_tuning/jobs/{id}/checkpoints", get(ft::checkpoints))
         .route("/v1/fine_tuning/jobs/{id}/cancel", post(ft::cancel))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
+        .with_state(state.ft.clone());
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions") })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .with_state(state)
         .merge(files)
+        .merge(jobs)
 }
 
-pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(key) = &state.api_key else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the key's length is the only thing a timing attack could learn.
-    let ok = given.map(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0).unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(error(StatusCode::UNAUTHORIZED, "invalid_api_key", "missing or wrong bearer key"))
-    }
-}
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    if let Err(r) = authorize(state.api_key.as_deref(), &headers) {
         return r;
     }
     let mut data = vec![json!({"id": state.model_id, "object": "model", "created": 0, "owned_by": "tunegate"})];
@@ -279,7 +270,7 @@ async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
 }
 
 async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: bool) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+    if let Err(r) = authorize(state.api_key.as_deref(), &headers) {
         return r;
     }
     let (text, params, stream, adapter, logprobs) = match parse_request(&state, &body, chat) {

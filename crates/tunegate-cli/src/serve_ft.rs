@@ -17,7 +17,8 @@ use tunegate_tune::events::{TrainEvent, TrainSink};
 use tunegate_tune::local::Run;
 use tunegate_tune::{Overrides, Settings};
 
-use super::serve::{authorize, error, AppState};
+use crate::serve_http::{authorize, error};
+use tunegate_providers::local::LocalEngine;
 
 pub struct FtState {
     pub dir: PathBuf,
@@ -27,6 +28,10 @@ pub struct FtState {
     jobs: Mutex<Vec<Arc<Job>>>,
     /// Fine-tuned model name -> adapter directory.
     pub served: Mutex<HashMap<String, PathBuf>>,
+    /// The model being served and fine-tuned, its name, the server's key.
+    pub engine: Arc<LocalEngine>,
+    pub model_id: String,
+    pub api_key: Option<String>,
 }
 
 struct Job {
@@ -63,7 +68,7 @@ impl Job {
 }
 
 impl FtState {
-    pub fn new(dir: PathBuf, model_path: PathBuf) -> std::io::Result<FtState> {
+    pub fn new(dir: PathBuf, model_path: PathBuf, engine: Arc<LocalEngine>, model_id: String, api_key: Option<String>) -> std::io::Result<FtState> {
         std::fs::create_dir_all(dir.join("files"))?;
         std::fs::create_dir_all(dir.join("adapters"))?;
         // Adapters trained earlier stay servable across restarts.
@@ -73,7 +78,7 @@ impl FtState {
                 served.insert(name.trim().to_string(), e.path());
             }
         }
-        Ok(FtState { dir, model_path, counter: AtomicU64::new(chrono::Utc::now().timestamp_millis() as u64), files: Mutex::new(HashMap::new()), jobs: Mutex::new(vec![]), served: Mutex::new(served) })
+        Ok(FtState { dir, model_path, counter: AtomicU64::new(chrono::Utc::now().timestamp_millis() as u64), files: Mutex::new(HashMap::new()), jobs: Mutex::new(vec![]), served: Mutex::new(served), engine, model_id, api_key })
     }
     fn next(&self, prefix: &str) -> String {
         format!("{prefix}-{:x}", self.counter.fetch_add(1, Ordering::Relaxed))
@@ -87,11 +92,10 @@ fn bad(m: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request_error", m)
 }
 
-pub async fn upload(State(state): State<Arc<AppState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn upload(State(ft): State<Arc<FtState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    let ft = &state.ft;
     let (mut purpose, mut file) = (None, None);
     loop {
         match mp.next_field().await {
@@ -126,18 +130,17 @@ pub async fn upload(State(state): State<Arc<AppState>>, headers: HeaderMap, mut 
     axum::Json(json!({"id": id, "object": "file", "bytes": bytes.len(), "created_at": chrono::Utc::now().timestamp(), "filename": filename, "purpose": "fine-tune"})).into_response()
 }
 
-pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn create(State(ft): State<Arc<FtState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    let ft = state.ft.clone();
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return bad(format!("body is not valid JSON: {e}")),
     };
     let model = v["model"].as_str().unwrap_or("").to_string();
-    if model != state.model_id {
-        return error(StatusCode::NOT_FOUND, "model_not_found", format!("this server fine-tunes `{}`, not `{model}`", state.model_id));
+    if model != ft.model_id {
+        return error(StatusCode::NOT_FOUND, "model_not_found", format!("this server fine-tunes `{}`, not `{model}`", ft.model_id));
     }
     let Some(tf) = v["training_file"].as_str() else { return bad("`training_file` is required") };
     let Some((path, _, _)) = ft.files.lock().unwrap().get(tf).cloned() else { return bad(format!("no file `{tf}`")) };
@@ -163,9 +166,9 @@ pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     });
     ft.jobs.lock().unwrap().push(job.clone());
     job.event("info", format!("Created fine-tuning job {}", job.id), json!({}));
-    let engine = state.engine.clone();
+    let engine = ft.engine.clone();
     let j = job.clone();
-    let base = state.model_id.clone();
+    let base = ft.model_id.clone();
     std::thread::spawn(move || {
         if let Err(e) = run_job(&ft, &engine.model.tokenizer, &j, &path, &settings, &base, &suffix) {
             *j.status.lock().unwrap() = "failed".into();
@@ -247,50 +250,50 @@ fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std:
     Ok(())
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn list(State(ft): State<Arc<FtState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    let jobs: Vec<Value> = state.ft.jobs.lock().unwrap().iter().rev().map(|j| j.json()).collect();
+    let jobs: Vec<Value> = ft.jobs.lock().unwrap().iter().rev().map(|j| j.json()).collect();
     axum::Json(json!({"object": "list", "data": jobs, "has_more": false})).into_response()
 }
 
-pub async fn get(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn get(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    match state.ft.job(&id) {
+    match ft.job(&id) {
         Some(j) => axum::Json(j.json()).into_response(),
         None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
     }
 }
 
-pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn events(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    match state.ft.job(&id) {
+    match ft.job(&id) {
         // Newest first, as the API lists them.
         Some(j) => axum::Json(json!({"object": "list", "data": j.events.lock().unwrap().iter().rev().take(100).cloned().collect::<Vec<_>>(), "has_more": false})).into_response(),
         None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
     }
 }
 
-pub async fn checkpoints(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn checkpoints(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    match state.ft.job(&id) {
+    match ft.job(&id) {
         Some(j) => axum::Json(json!({"object": "list", "data": j.checkpoints.lock().unwrap().clone(), "has_more": false})).into_response(),
         None => error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")),
     }
 }
 
-pub async fn cancel(State(state): State<Arc<AppState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
+pub async fn cancel(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    if let Err(r) = authorize(ft.api_key.as_deref(), &headers) {
         return r;
     }
-    let Some(j) = state.ft.job(&id) else { return error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")) };
+    let Some(j) = ft.job(&id) else { return error(StatusCode::NOT_FOUND, "not_found", format!("no fine-tuning job `{id}`")) };
     {
         let mut st = j.status.lock().unwrap();
         if matches!(st.as_str(), "succeeded" | "failed" | "cancelled") {

@@ -307,7 +307,7 @@ impl Gemma3 {
             let rest = stem.split(".layers.").nth(1).ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
             let (li, module) = rest.split_once('.').ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
             let li: usize = li.parse().map_err(|_| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-            let short = crate::lora::TARGETS.iter().find(|(_, m)| *m == module).map(|(s, _)| s.to_string()).ok_or_else(|| ModelError::Format(format!("{}: unknown module {module}", st.display())))?;
+            let short = TARGETS.iter().find(|(_, m)| *m == module).map(|(s, _)| s.to_string()).ok_or_else(|| ModelError::Format(format!("{}: unknown module {module}", st.display())))?;
             if li >= self.cfg.n_layer {
                 return Err(ModelError::Format(format!("{}: layer {li} does not exist in this model", st.display())));
             }
@@ -487,3 +487,16 @@ impl Gemma3 {
         candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(ModelError::candle)?, D::Minus1).map_err(ModelError::candle)
     }
 }
+
+/// The linear modules of a Gemma 3 block that LoRA adapters can target,
+/// with their PEFT (Hugging Face) names. A fact of the architecture: the
+/// trainer and the adapter loader both read it from here.
+pub const TARGETS: &[(&str, &str)] = &[
+    ("q", "self_attn.q_proj"),
+    ("k", "self_attn.k_proj"),
+    ("v", "self_attn.v_proj"),
+    ("o", "self_attn.o_proj"),
+    ("gate", "mlp.gate_proj"),
+    ("up", "mlp.up_proj"),
+    ("down", "mlp.down_proj"),
+];

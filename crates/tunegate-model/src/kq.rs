@@ -171,7 +171,7 @@ impl Q8K {
             }
             let iscale = -127.0 / max;
             for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = (nearest_int(iscale * v)).min(127) as i8;
+                *o = (crate::numerics::nearest_int(iscale * v)).min(127) as i8;
             }
             for j in 0..16 {
                 bsum16[i * 16 + j] = qb[j * 16..(j + 1) * 16].iter().map(|&v| v as i32).sum();
@@ -182,11 +182,6 @@ impl Q8K {
     }
 }
 
-/// ggml's `nearest_int`: round half to even through the f32 adder (|v| < 2^22).
-#[inline]
-pub(crate) fn nearest_int(v: f32) -> i32 {
-    ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-}
 
 /// The 8 lane sums of one block for 16 weight rows (and Q4_K's 4 lanes of
 /// `mins x per-32 sums`), exactly as ggml's vec_dot lanes.

@@ -821,3 +821,9 @@ mod tests {
         }
     }
 }
+
+/// ggml's `nearest_int`: round half to even through the f32 adder (|v| < 2^22).
+#[inline]
+pub(crate) fn nearest_int(v: f32) -> i32 {
+    ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}

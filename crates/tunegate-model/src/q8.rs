@@ -171,7 +171,7 @@ impl QuantRows {
             d[i] = f16::from_f32(amax / 127.0).to_f32();
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = crate::kq::nearest_int(v * id) as i8;
+                *o = crate::numerics::nearest_int(v * id) as i8;
             }
         }
         let corr = q.chunks_exact(4).map(|g| -128 * g.iter().map(|&v| v as i32).sum::<i32>()).collect();

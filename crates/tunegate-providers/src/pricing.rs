@@ -52,3 +52,18 @@ mod tests {
         assert!((cost(lookup("gpt-4o-mini"), Some(1000), Some(100)).unwrap() - 0.00021).abs() < 1e-12);
     }
 }
+
+/// A provider's price per million tokens, and where it comes from: the
+/// task file's `price:`, else tunegate's table of published prices.
+pub fn price_of(p: &tunegate_core::ProviderSpec) -> (Option<tunegate_core::Price>, String) {
+    let (scheme, model) = p.id.split_once(':').unwrap_or((p.id.as_str(), ""));
+    match (p.price, scheme) {
+        (Some(pr), _) => (Some(pr), "price from the task file".to_string()),
+        (None, "openai" | "anthropic" | "openai-compatible") => match lookup(model) {
+            Some(pr) => (Some(pr), format!("published price of {model} (tunegate price table, 2025)")),
+            None => (None, format!("no published price for {model}: set `price:` on the provider")),
+        },
+        (None, "local") => (None, "local model: self-hosted, no per-token price".into()),
+        (None, _) => (None, "no price (set `price:` on the provider to include it)".into()),
+    }
+}

@@ -670,3 +670,14 @@ pub async fn paraphrase(provider: &Arc<dyn Provider>, spec: &ProviderSpec, store
     }
     Ok(out)
 }
+
+/// The latest stored report of each lab kind for a task, for the advisor.
+pub fn latest_reports(store: &Store, task_name: &str) -> Result<(Option<MinimizeReport>, Option<SweepReport>, Option<VaryReport>), tunegate_store::StoreError> {
+    let runs = store.list_runs(500)?;
+    let find = |kind: &str| runs.iter().find(|r| r.kind == kind && r.task_name == task_name && r.meta.get("report").map(|v| !v.is_null()).unwrap_or(false)).map(|r| r.meta["report"].clone());
+    Ok((
+        find("ablation").and_then(|v| serde_json::from_value(v).ok()),
+        find("sweep").and_then(|v| serde_json::from_value(v).ok()),
+        find("variation").and_then(|v| serde_json::from_value(v).ok()),
+    ))
+}

@@ -41,22 +41,7 @@ mod peft;
 use ops::{frozen, rms_norm, CausalSoftmax, GeluMul, LoraLinear, Op, Rope};
 pub use pack::{pack, Packed, TrainExample};
 
-// TEMP re-export: removed once callers use tunegate_model::train
-pub use crate::train::{
-    epoch_order, eval_loss, load_checkpoint, lr_at, save_checkpoint, train, train_resumable, AdamState, Checkpointing,
-    EpochInfo, Hooks, Progress, StepInfo, TrainOptions,
-};
-
-/// The modules LoRA can adapt, with their PEFT (Hugging Face) names.
-pub const TARGETS: &[(&str, &str)] = &[
-    ("q", "self_attn.q_proj"),
-    ("k", "self_attn.k_proj"),
-    ("v", "self_attn.v_proj"),
-    ("o", "self_attn.o_proj"),
-    ("gate", "mlp.gate_proj"),
-    ("up", "mlp.up_proj"),
-    ("down", "mlp.down_proj"),
-];
+pub use crate::gemma3::TARGETS;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {

@@ -36,27 +36,3 @@ pub struct TrainOptions {
     pub gradient_checkpointing: bool,
 }
 
-impl TrainOptions {
-    // TEMP: removed once tunegate-tune owns defaults
-    /// The values `TrainOptions::default()` gave before the product's
-    /// defaults moved out of the model crate.
-    #[doc(hidden)]
-    pub fn legacy_defaults() -> TrainOptions {
-        TrainOptions {
-            epochs: 3,
-            batch_size: 8,
-            learning_rate: 2e-4,
-            warmup_steps: 5,
-            schedule: "cosine".into(),
-            weight_decay: 0.0,
-            grad_clip: Some(1.0),
-            seed: 0,
-            max_steps: None,
-            stop: None,
-            early_stopping_patience: None,
-            grad_accum: 1,
-            select_by_metric: false,
-            gradient_checkpointing: false,
-        }
-    }
-}
