@@ -32,7 +32,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(r) = cause.downcast_ref::<RunError>() {
-            if matches!(r, RunError::Input(_) | RunError::Resume(_) | RunError::Provider(_)) {
+            if matches!(r, RunError::Input(_) | RunError::Resume(_) | RunError::Provider(_) | RunError::Usage(_)) {
                 return 2;
             }
         }

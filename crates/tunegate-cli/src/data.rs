@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tunegate_core::data::check::{check_files, CheckReport, LoadedFile, Role, DEFAULT_IMBALANCE_RATIO};
+use tunegate_core::data::check::{check_files, LoadedFile, Role, DEFAULT_IMBALANCE_RATIO};
 use tunegate_core::data::export::{self, AxolotlOptions, ExportFormat};
 use tunegate_core::data::near::DEFAULT_NEAR_THRESHOLD;
-use tunegate_core::data::{self as core_data, CheckOptions, DataError, Distribution, FindingKind, SplitOptions};
+use tunegate_core::data::{self as core_data, CheckOptions, DataError, FindingKind, SplitOptions};
 use tunegate_core::dataset::{check_contract, load_cases, TolerantLoad};
 use tunegate_core::Task;
 
@@ -76,7 +76,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     let task = a.task.load()?;
     let (counter, note) = match &task.file.tune {
         Some(t) => {
-            let (c, n) = crate::tokens::counter_for(&t.base);
+            let (c, n) = tunegate_run::tokens::counter_for(&t.base);
             (Some(c), n)
         }
         None => (None, None),
@@ -88,98 +88,9 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        _ => print!("{}", check_text(&report)),
+        _ => print!("{}", report.text()),
     }
     Ok(if report.blocks_tuning() { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-fn dist_text(d: &Distribution) -> String {
-    format!("{:.0} / {:.1} / {:.0} / {:.0}", d.min, d.mean, d.p90, d.max)
-}
-
-/// The text report: files, label distribution, tokens, then findings
-/// grouped by kind (blocking kinds first), then a verdict.
-pub fn check_text(r: &CheckReport) -> String {
-    let mut s = format!("data check: {}\n", r.task.display());
-    for f in &r.files {
-        let bad = if f.malformed > 0 { format!(", {} malformed line(s)", f.malformed) } else { String::new() };
-        s.push_str(&format!("  {:<9} {}  {} cases{bad}\n", role_name(f.role), show(&f.path), f.cases));
-    }
-    if r.files.iter().any(|f| !f.labels.is_empty()) {
-        s.push('\n');
-        let mut labels: Vec<String> = vec![];
-        for f in &r.files {
-            for l in &f.labels {
-                if !labels.contains(&l.label) {
-                    labels.push(l.label.clone());
-                }
-            }
-        }
-        let header: Vec<&str> = std::iter::once("label").chain(r.files.iter().map(|f| role_name(f.role))).collect();
-        let rows: Vec<Vec<String>> = labels
-            .iter()
-            .map(|l| {
-                std::iter::once(l.clone())
-                    .chain(r.files.iter().map(|f| f.labels.iter().find(|x| &x.label == l).map(|x| x.count).unwrap_or(0).to_string()))
-                    .collect()
-            })
-            .collect();
-        s.push_str(&table(&header, &rows));
-    }
-    if let Some(t) = &r.tokenizer {
-        s.push_str(&format!(
-            "\ntokens: {}{} for {}, limit {} per example ({})\n",
-            t.name,
-            if t.estimate { ", an estimate" } else { "" },
-            t.model,
-            t.limit,
-            t.limit_source
-        ));
-        for f in &r.files {
-            if let Some(d) = &f.tokens {
-                s.push_str(&format!("  {:<9} tune prompt + expected, min / mean / p90 / max: {}\n", role_name(f.role), dist_text(d)));
-            }
-        }
-    }
-    for n in &r.notes {
-        s.push_str(&format!("note: {n}\n"));
-    }
-    let mut kinds: Vec<FindingKind> = r.findings.iter().map(|f| f.kind).collect();
-    kinds.dedup();
-    for k in kinds {
-        let of: Vec<_> = r.findings.iter().filter(|f| f.kind == k).collect();
-        s.push_str(&format!("\n{} ({}){}\n", k.as_str(), of.len(), if k.blocks_tuning() { " — blocks tuning" } else { " — warning" }));
-        for f in of {
-            let rel = f
-                .related
-                .as_ref()
-                .map(|r| format!(" ~ {}:{}", show(&r.file), r.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")))
-                .unwrap_or_default();
-            s.push_str(&format!("  {}{rel}: {}\n", f.location().strip_prefix("./").unwrap_or(&f.location()), f.message));
-        }
-    }
-    s.push('\n');
-    if r.blocking > 0 {
-        s.push_str(&format!("{} finding(s) block tuning, {} warning(s)\n", r.blocking, r.warnings));
-    } else if r.warnings > 0 {
-        s.push_str(&format!("nothing blocks tuning; {} warning(s)\n", r.warnings));
-    } else {
-        s.push_str("clean: nothing blocks tuning\n");
-    }
-    s
-}
-
-/// A path as the user would type it: without a leading `./`.
-fn show(p: &Path) -> String {
-    let s = p.display().to_string();
-    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Examples => "examples",
-        Role::Eval => "eval",
-    }
 }
 
 #[derive(Args)]
@@ -257,7 +168,7 @@ fn split(a: SplitArgs) -> Result<ExitCode> {
         })
         .collect();
     rows.push(std::iter::once("total".to_string()).chain(result.sides.iter().map(|s| s.lines.len().to_string())).collect());
-    println!("split {} (seed {}, {} near-duplicate cluster(s) kept whole):\n", show(&task.examples_path().unwrap_or_default()), a.seed, result.multi_clusters);
+    println!("split {} (seed {}, {} near-duplicate cluster(s) kept whole):\n", tunegate_core::report::show_path(&task.examples_path().unwrap_or_default()), a.seed, result.multi_clusters);
     print!("{}", table(&header, &rows));
     if !result.left_out.is_empty() {
         println!("\nleft out ({}):", result.left_out.len());
@@ -267,7 +178,7 @@ fn split(a: SplitArgs) -> Result<ExitCode> {
     }
     println!("\nwrote:");
     for p in &paths {
-        println!("  {}", show(p));
+        println!("  {}", tunegate_core::report::show_path(p));
     }
     println!("\nThe task file was not changed. To use the split, put these lines under `data:` in {}:", task.path.display());
     for (side, p) in result.sides.iter().zip(&paths) {
@@ -399,7 +310,7 @@ fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
 
     // Validate what is on disk, not what we meant to write.
-    let (counter, note) = crate::tokens::counter_for(&target);
+    let (counter, note) = tunegate_run::tokens::counter_for(&target);
     let limit = a.max_tokens.or(tune.as_ref().and_then(|t| t.max_seq_len)).unwrap_or_else(|| core_data::token_limit_for(&target).0);
     let written = std::fs::read_to_string(&out).with_context(|| format!("cannot read back {}", out.display()))?;
     let v = export::validate(format, &written, counter.as_ref(), limit);

@@ -25,7 +25,6 @@ mod tune;
 mod output;
 mod prompt;
 mod progress;
-mod tokens;
 
 use clap::{Parser, Subcommand};
 

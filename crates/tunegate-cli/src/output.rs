@@ -29,27 +29,7 @@ fn cost_text(c: Option<f64>) -> String {
     }
 }
 
-/// Renders rows as a left-aligned text table with a header rule.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| -> String {
-        cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
-    };
-    let mut s = line(header.iter().map(|h| h.to_string()).collect());
-    s.push('\n');
-    s.push_str(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "));
-    s.push('\n');
-    for r in rows {
-        s.push_str(&line(r.clone()));
-        s.push('\n');
-    }
-    s
-}
+pub use tunegate_core::report::table;
 
 pub fn summary_table(s: &RunSummary) -> String {
     let rows: Vec<Vec<String>> = s

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tunegate_core::advise::{pct, pts};
 use tunegate_core::lab::*;
+use tunegate_core::lab_report::{ci, clip, delta_text, p};
 use tunegate_core::task::{PromptSource, ShotStrategy};
 use tunegate_core::Task;
 use tunegate_run::lab::{self as rlab, Budget, Estimate, Lab, LabConfig, LabError};
@@ -168,7 +169,7 @@ fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
     };
     let spec = find_provider(&task, a.provider.as_deref())?;
     let (provider, spec) = tunegate_run::build_provider(&spec, &task.dir, &store_path_for(&path)).with_context(|| format!("{}: provider `{}`", task.path.display(), spec.id))?;
-    let (counter, note) = crate::tokens::counter_for(&spec.id);
+    let (counter, note) = tunegate_run::tokens::counter_for(&spec.id);
     if let Some(n) = note {
         eprintln!("note: {n}");
     }
@@ -262,30 +263,6 @@ fn emit(a: &LabArgs, text: String, json: serde_json::Value) -> Result<()> {
         None => print!("{body}"),
     }
     Ok(())
-}
-
-fn ci(r: &RateCi) -> String {
-    format!("{} ({}–{})", pct(r.rate), pct(r.low), pct(r.high))
-}
-
-fn delta_text(d: &Delta) -> String {
-    if d.regressions + d.improvements == 0 {
-        return "0.0 pts (same verdicts)".into();
-    }
-    format!("{} ({} to {})", signed(d.delta), signed(d.low), signed(d.high))
-}
-
-fn signed(x: f64) -> String {
-    let v = x * 100.0;
-    if v.abs() < 0.05 {
-        "0.0 pts".into()
-    } else {
-        format!("{v:+.1} pts")
-    }
-}
-
-fn p(x: f64) -> String {
-    tunegate_run::compare::fmt_p(x)
 }
 
 // ---------------------------------------------------------------- minimize
@@ -441,15 +418,6 @@ fn minimize_text(r: &MinimizeReport, s: &Setup) -> String {
     o
 }
 
-fn clip(s: &str, n: usize) -> String {
-    let s = s.replace('\n', " / ");
-    if s.chars().count() <= n {
-        s
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
-    }
-}
-
 // ------------------------------------------------------------------- sweep
 
 pub fn sweep(a: SweepArgs) -> Result<ExitCode> {
@@ -483,55 +451,8 @@ pub fn sweep(a: SweepArgs) -> Result<ExitCode> {
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());
     let report = drive(stop, prog, rlab::sweep(&mut s.lab, &src, &o, &log))?;
     s.lab.store_report(&report)?;
-    emit(&a.lab, sweep_text(&report), serde_json::to_value(&report)?)?;
+    emit(&a.lab, report.text(), serde_json::to_value(&report)?)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn sweep_text(r: &SweepReport) -> String {
-    let mut o = String::new();
-    o.push_str(&format!(
-        "prompt sweep: `{}` on {}, {} cases; examples drawn {} from {} in data.examples (run {})\n\n",
-        r.prompt, r.provider, r.cases, r.strategy, r.examples_available, r.run_id
-    ));
-    o.push_str(&format!("{:>4}  {:<24} {:<26} {:>7}  {:>10}  {}\n", "k", "pass rate (95% CI)", "per draw", "tokens", "$/call", "step"));
-    for pt in &r.points {
-        let k = if pt.shown != pt.k { format!("{}*", pt.shown) } else { pt.k.to_string() };
-        let seeds: Vec<String> = pt.per_seed.iter().map(|x| pct(x.rate)).collect();
-        let bar = "#".repeat((pt.pooled.mean * 30.0).round() as usize);
-        o.push_str(&format!(
-            "{:>4}  {:<24} {:<26} {:>7.0}  {:>10}  {:<24} {bar}\n",
-            k,
-            format!("{} ({}–{})", pct(pt.pooled.mean), pct(pt.pooled.low), pct(pt.pooled.high)),
-            seeds.join(" "),
-            pt.prompt_tokens,
-            pt.cost_per_call_usd.map(|c| format!("${c:.6}")).unwrap_or_else(|| "-".into()),
-            match (pt.step_gain, pt.step_p) {
-                (Some(g), Some(pv)) => format!("{} (p {})", signed(g), p(pv)),
-                _ => String::new(),
-            }
-        ));
-    }
-    if r.points.iter().any(|p| p.shown != p.k) {
-        o.push_str(&format!("  * capped: only {} examples are available\n", r.examples_available));
-    }
-    if let Some(why) = &r.stopped {
-        o.push_str(&format!("  {why}\n"));
-    }
-    let first = r.points.first().map(|p| p.shown).unwrap_or(0);
-    let meaning = match r.shape {
-        CurveShape::Rising => "still rising at the largest k: the behaviour is learnable from examples, so more examples (or tuning on them) may pay",
-        CurveShape::Plateau => "examples help, then level off: more examples in the prompt will not add much",
-        CurveShape::Flat => "no significant gain from examples: examples are not the lever for this prompt and model",
-        CurveShape::Falling => "more examples hurt past the best point (long context, distraction)",
-    };
-    o.push_str(&format!(
-        "\ncurve: {} — best point {} over k={first} (p {}, alpha {}): {meaning}\n",
-        r.shape.as_str(),
-        signed(r.gain),
-        p(r.gain_p),
-        r.alpha
-    ));
-    o
 }
 
 // -------------------------------------------------------------------- vary
@@ -571,43 +492,6 @@ pub fn vary(a: VaryArgs) -> Result<ExitCode> {
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());
     let report = drive(stop, prog, rlab::vary(&mut s.lab, &src, &o, &log))?;
     s.lab.store_report(&report)?;
-    emit(&a.lab, vary_text(&report), serde_json::to_value(&report)?)?;
+    emit(&a.lab, report.text(), serde_json::to_value(&report)?)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn vary_text(r: &VaryReport) -> String {
-    let mut o = String::new();
-    o.push_str(&format!("prompt vary: `{}` on {}, {} cases, {} variants (run {})\n\n", r.prompt, r.provider, r.cases, r.variants.len(), r.run_id));
-    o.push_str(&format!("{:<34} {:<15} {:<24} {}\n", "variant", "family", "pass rate (95% CI)", "change"));
-    for v in &r.variants {
-        o.push_str(&format!("{:<34} {:<15} {:<24} {}\n", clip(&v.id, 34), v.family, ci(&v.rate), clip(&v.description, 70)));
-    }
-    o.push_str(&format!(
-        "\nspread: {}–{} (range {}, sd {}); mean over variants {} ({}–{}, cases as clusters)\n",
-        pct(r.min),
-        pct(r.max),
-        pts(r.range),
-        pts(r.sd),
-        pct(r.pooled.mean),
-        pct(r.pooled.low),
-        pct(r.pooled.high)
-    ));
-    let mut fams = r.family_range.clone();
-    fams.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-    if !fams.is_empty() {
-        o.push_str(&format!("range by family (with the original): {}\n", fams.iter().map(|(f, x)| format!("{f} {}", pts(*x))).collect::<Vec<_>>().join(", ")));
-    }
-    o.push_str(&format!("{} of {} cases flip between variants", r.flipping_cases, r.cases));
-    if r.flips.is_empty() {
-        o.push_str(": the verdicts do not depend on the variations\n");
-    } else {
-        o.push_str(":\n");
-        for f in r.flips.iter().take(15) {
-            o.push_str(&format!("  {:<14} passes {}/{}; fails with {}\n", f.case_id, f.passes.len(), f.passes.len() + f.fails.len(), clip(&f.fails.join(", "), 80)));
-        }
-        if r.flips.len() > 15 {
-            o.push_str(&format!("  … {} more (--format json lists all)\n", r.flips.len() - 15));
-        }
-    }
-    o
 }

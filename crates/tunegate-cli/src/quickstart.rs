@@ -119,7 +119,7 @@ pub fn run(a: QuickstartArgs) -> Result<ExitCode> {
     // The advisor on what was just measured.
     let mut advice = None;
     let mut extra = vec![];
-    match crate::advise::gather(&prep.task, &cfg, Some(&summary.run_id)).and_then(|ev| tunegate_core::advise::advise(&ev, prep.task.file.advise.as_ref()).map_err(anyhow::Error::msg)) {
+    match tunegate_run::evidence::gather(&prep.task, &cfg, Some(&summary.run_id)).map_err(anyhow::Error::from).and_then(|ev| tunegate_core::advise::advise(&ev, prep.task.file.advise.as_ref()).map_err(anyhow::Error::msg)) {
         Ok(adv) => {
             println!("\nAdvisor: {}: {}", adv.verdict.as_str(), adv.summary);
             if let Some(k) = &adv.keep_prompt {

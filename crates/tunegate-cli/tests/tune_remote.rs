@@ -16,6 +16,8 @@ struct State {
     cancelled: bool,
     uploads: Vec<String>,
     created: Option<serde_json::Value>,
+    /// Bodies of the chat requests (the tuned model answering or judging).
+    chats: Vec<String>,
 }
 
 fn server(state: Arc<Mutex<State>>) -> TestServer {
@@ -57,7 +59,19 @@ fn server(state: Arc<Mutex<State>>) -> TestServer {
                     _ => job("running", None, None),
                 }
             }
-            ("POST", "/v1/chat/completions") => Reply::ok(chat_completion("billing", 5, 1)),
+            ("POST", "/v1/chat/completions") => {
+                s.chats.push(r.body.clone());
+                // As a judge it prefers the output shown first; as a
+                // classifier it answers by the prompt.
+                let answer = if r.body.contains("output_A") {
+                    r#"{"winner": "A", "reason": "the first is better"}"#
+                } else if r.body.contains("Short:") {
+                    "other"
+                } else {
+                    "billing"
+                };
+                Reply::ok(chat_completion(answer, 5, 1))
+            }
             _ => Reply::status(404, "no such route"),
         }
     })
@@ -168,4 +182,38 @@ fn leakage_blocks_tuning_before_any_upload() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("also appear in data.examples"), "{}", err(&o));
     assert!(state.lock().unwrap().uploads.is_empty());
+}
+
+/// `tuned:JOB` works wherever a provider is named: here as the pairwise
+/// judge of `compare --judge` (the one provider factory resolves it).
+#[test]
+fn a_tuned_model_judges_a_comparison() {
+    let state = Arc::new(Mutex::new(State { mode: "ok".into(), ..Default::default() }));
+    let srv = server(state.clone());
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), &srv.url());
+    let yaml = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap();
+    let yaml = yaml
+        .replace("prompts:\n", "prompts:\n  - id: short\n    template: \"Short: {{ input }}\"\n")
+        .replace("  - id: tuned:ftjob-1\n", "  - id: tuned:ftjob-1\n    label: tuned\n");
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = tg(dir.path(), &["tune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = tg(dir.path(), &["eval", "--no-progress"]);
+    assert!(o.status.code().is_some(), "{}", err(&o));
+    let o = tg(dir.path(), &["compare", "latest:bare@tuned", "latest:short@tuned", "--judge", "tuned:ftjob-1", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{} {}", String::from_utf8_lossy(&o.stdout), err(&o)));
+    assert_eq!(v["judge"], "tuned:ftjob-1", "{v}");
+    assert_eq!((v["judged"].as_u64(), v["errors"].as_u64()), (Some(1), Some(0)), "{v}");
+    // Asked in both orders, always preferring the first shown: a tie.
+    assert_eq!(v["stats"]["ties"], 1, "{v}");
+    let s = state.lock().unwrap();
+    let judged: Vec<&String> = s.chats.iter().filter(|b| b.contains("output_A")).collect();
+    assert_eq!(judged.len(), 2, "one verdict per order");
+    assert!(judged.iter().all(|b| b.contains("ft:base-model:triage:1")), "the judge is the tuned model");
+    // A tuned job that does not exist is a clear input error.
+    let o = tg(dir.path(), &["compare", "latest:bare@tuned", "latest:short@tuned", "--judge", "tuned:no-such-job"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("no-such-job"), "{}", err(&o));
 }

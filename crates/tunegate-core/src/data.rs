@@ -13,6 +13,7 @@
 //! - [`export`]: `tunegate data export` — formats, validators, statistics.
 
 pub mod check;
+mod check_text;
 pub mod export;
 pub mod near;
 pub mod split;

@@ -2,14 +2,17 @@
 //! statistics. Pure logic: it reads the user's files and nothing else (no
 //! HTTP, no database, no model), so every rule here is testable in isolation.
 
+pub mod advice_report;
 pub mod advise;
 pub mod data;
 pub mod dataset;
 pub mod error;
 pub mod lab;
+pub mod lab_report;
 pub mod judge;
 pub mod label;
 pub mod paired;
+pub mod report;
 pub mod review;
 pub mod revision;
 pub mod scorers;

@@ -10,6 +10,7 @@
 
 use crate::paired::sign_test;
 use crate::stats::wilson;
+use crate::paired::fmt_p;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -171,14 +172,6 @@ pub fn preference_stats(t: &Tally, alpha: f64) -> PreferenceStats {
         alpha,
         preferred,
         verdict,
-    }
-}
-
-fn fmt_p(p: f64) -> String {
-    if p < 1e-4 {
-        format!("{p:.1e}")
-    } else {
-        format!("{p:.4}")
     }
 }
 

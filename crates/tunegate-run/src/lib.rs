@@ -5,12 +5,14 @@
 //! its row is committed, which is what makes `--resume` exact.
 
 pub mod compare;
+pub mod evidence;
 mod factory;
 pub mod lab;
 pub mod judge;
 pub mod prepare;
 pub mod runner;
 pub mod summary;
+pub mod tokens;
 
 pub use factory::{build_provider, resolve_tuned};
 pub use prepare::{prepare, Prepared};
@@ -27,4 +29,7 @@ pub enum RunError {
     Provider(String),
     #[error("{0}")]
     Resume(String),
+    /// A selector or option that names nothing (a run, a store).
+    #[error("{0}")]
+    Usage(String),
 }
