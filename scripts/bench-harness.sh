@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 TG=./target/release/tunegate
 [ -x "$TG" ] || cargo build --release -p tunegate-cli
 for i in 1 2 3; do
-  /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S, "max_rss_kb": %M}' "$TG" bench harness --cases "$N" --prompts 3 2>&1
+  /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S, "max_rss_kb": %M}' "$TG" bench harness --cases "$N" --prompts 3 --concurrency 64 2>&1
 done
 scripts/bench-promptfoo/run.sh "$N"

@@ -77,6 +77,23 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// HTTP APIs it is a moderate load whose 429s the retries absorb.
 pub const CONCURRENCY: usize = 16;
 
+/// How a command calls providers: the flags of `eval` and the prompt lab.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Cases in flight at once, across providers.
+    #[arg(long, default_value_t = CONCURRENCY)]
+    pub concurrency: usize,
+    /// Call providers even when the cache has the answer.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Retries after the first attempt on 429 / 5xx / timeouts / dropped connections.
+    #[arg(long, default_value_t = 4)]
+    pub max_retries: u32,
+    /// No progress bar (and no step lines).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
 /// `-c FILE`: the task file a command works on.
 #[derive(Args, Clone, Debug, Default)]
 pub struct TaskArgs {

@@ -1,6 +1,6 @@
 //! `tunegate eval`, `runs` and `show`: run the task, list its runs, show one.
 
-use crate::args::{runtime, usage, Format, CONCURRENCY};
+use crate::args::{runtime, usage, Format};
 use crate::output;
 use crate::progress::ProgressSink;
 use anyhow::{Context, Result};
@@ -19,12 +19,8 @@ pub struct EvalArgs {
     /// Ask each provider N times per case (measures stability).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
-    /// Cases in flight at once, across providers.
-    #[arg(long, default_value_t = CONCURRENCY)]
-    pub concurrency: usize,
-    /// Call providers even when the cache has the answer.
-    #[arg(long)]
-    pub no_cache: bool,
+    #[command(flatten)]
+    pub run: crate::args::RunArgs,
     /// Continue an interrupted run (the latest, or RUN) instead of starting anew.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "RUN")]
     pub resume: Option<String>,
@@ -43,12 +39,6 @@ pub struct EvalArgs {
     /// Exit 1 unless every prompt x provider passes at least this share of cases (0..1).
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// Retries after the first attempt on 429 / 5xx / timeouts / dropped connections.
-    #[arg(long, default_value_t = 4)]
-    pub max_retries: u32,
-    /// No progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
     /// CI gate: compare with this run (same prompt@provider groups) and exit 1
     /// when the new run is significantly worse (McNemar, --alpha).
     #[arg(long, value_name = "RUN")]
@@ -109,14 +99,14 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
         return Err(usage(format!("--provider: no such provider in {}", path.display())));
     }
     let mut opts = RunOptions::new(store_path_for(&path));
-    opts.concurrency = a.concurrency.max(1);
+    opts.concurrency = a.run.concurrency.max(1);
     opts.repeat = a.repeat.max(1);
-    opts.use_cache = !a.no_cache;
+    opts.use_cache = !a.run.no_cache;
     opts.resume = a.resume.clone();
-    opts.max_retries = a.max_retries;
+    opts.max_retries = a.run.max_retries;
     opts.only_prompts = a.prompts.clone();
     let stop = opts.stop.clone();
-    let progress = Arc::new(ProgressSink::new(!a.no_progress && a.format == Format::Text || !a.no_progress && a.output.is_some()));
+    let progress = Arc::new(ProgressSink::new(!a.run.no_progress && a.format == Format::Text || !a.run.no_progress && a.output.is_some()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
     let rt = runtime()?;
     let outcome = rt.block_on(async {

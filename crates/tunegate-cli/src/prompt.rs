@@ -41,9 +41,8 @@ pub struct LabArgs {
     /// The provider to evaluate with (id or label); default: the first in the task file.
     #[arg(long)]
     pub provider: Option<String>,
-    /// Cases in flight at once.
-    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
-    pub concurrency: usize,
+    #[command(flatten)]
+    pub run: crate::args::RunArgs,
     /// Call the provider even when the cache has the answer.
     #[arg(long)]
     pub no_cache: bool,
@@ -59,12 +58,6 @@ pub struct LabArgs {
     /// Seed of --sample.
     #[arg(long, default_value_t = 0)]
     pub sample_seed: u64,
-    /// Retries after the first attempt on 429 / 5xx / timeouts.
-    #[arg(long, default_value_t = 4)]
-    pub max_retries: u32,
-    /// No progress bar and no step lines.
-    #[arg(long)]
-    pub no_progress: bool,
     /// Report format (the JSON is what `tunegate advise` reads from the store).
     #[arg(long, default_value = "text", value_parser = crate::args::formats(crate::args::TEXT_OR_JSON))]
     pub format: Format,
@@ -174,13 +167,13 @@ fn setup(a: &LabArgs, kind: &str) -> Result<Setup> {
         eprintln!("note: {n}");
     }
     let (price, price_note) = tunegate_providers::pricing::price_of(&spec);
-    let progress = Arc::new(ProgressSink::new(!a.no_progress && std::io::stderr().is_terminal()));
+    let progress = Arc::new(ProgressSink::new(!a.run.no_progress && std::io::stderr().is_terminal()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
     let cfg = LabConfig {
         store_path: store_path_for(&path),
-        concurrency: a.concurrency.max(1),
-        use_cache: !a.no_cache,
-        max_retries: a.max_retries,
+        concurrency: a.run.concurrency.max(1),
+        use_cache: !a.run.no_cache,
+        max_retries: a.run.max_retries,
         stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         kind: kind.into(),
         budget,
@@ -288,7 +281,7 @@ pub fn minimize(a: MinimizeArgs) -> Result<ExitCode> {
     let mut e = s.lab.estimate(&round)?;
     e.more_calls_at_most = (d.parts.len().saturating_sub(1) * s.lab.cases.len()) as u64;
     confirm(&e, &a.lab, &s, false)?;
-    let log = log_fn(!a.lab.no_progress);
+    let log = log_fn(!a.lab.run.no_progress);
     let src = s.src.clone();
     let o = rlab::MinimizeOptions { alpha: a.alpha, max_drop: a.max_drop };
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());
@@ -445,7 +438,7 @@ pub fn sweep(a: SweepArgs) -> Result<ExitCode> {
     }
     let e = s.lab.estimate(&plan)?;
     confirm(&e, &a.lab, &s, true)?;
-    let log = log_fn(!a.lab.no_progress);
+    let log = log_fn(!a.lab.run.no_progress);
     let src = s.src.clone();
     let o = rlab::SweepOptions { ks: a.shots.clone(), seeds: a.seeds, strategy, alpha: a.alpha };
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());
@@ -487,7 +480,7 @@ pub fn vary(a: VaryArgs) -> Result<ExitCode> {
     }
     let e = s.lab.estimate(&vars)?;
     confirm(&e, &a.lab, &s, false)?;
-    let log = log_fn(!a.lab.no_progress);
+    let log = log_fn(!a.lab.run.no_progress);
     let src = s.src.clone();
     let (stop, prog) = (s.lab.stop_flag(), s.progress.clone());
     let report = drive(stop, prog, rlab::vary(&mut s.lab, &src, &o, &log))?;
