@@ -8,12 +8,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tunegate_core::data::check::{check_files, LoadedFile, Role, DEFAULT_IMBALANCE_RATIO};
+use tunegate_core::data::check::{training_selection, DEFAULT_IMBALANCE_RATIO};
 use tunegate_core::data::export::{self, AxolotlOptions, ExportFormat};
 use tunegate_core::data::near::DEFAULT_NEAR_THRESHOLD;
-use tunegate_core::data::{self as core_data, CheckOptions, DataError, FindingKind, SplitOptions};
-use tunegate_core::dataset::{check_contract, load_cases, TolerantLoad};
-use tunegate_core::Task;
+use tunegate_core::data::{self as core_data, CheckOptions, DataError, SplitOptions};
+use tunegate_core::dataset::{check_contract, load_cases};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -254,6 +253,10 @@ pub struct ExportArgs {
     /// Overwrite files that already exist.
     #[arg(long)]
     pub force: bool,
+    /// Refuse when an eval case is among the examples (as `tune --strict`),
+    /// instead of leaving such examples, repeats and conflicts out.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
@@ -267,6 +270,22 @@ fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     };
     let cases = load_cases(&input)?;
     check_contract(&task, &input, &cases, true)?;
+    // What tuning trains on: without the examples that are eval cases, the
+    // repeats and the conflicts (or, strict, a refusal when an eval case leaks).
+    let strict = a.strict || tune.as_ref().and_then(|t| t.strict).unwrap_or(false);
+    let cases = if strict {
+        let sel = training_selection(&task, &input, &cases).map_err(data_err)?;
+        if sel.left_out.values().any(|why| why.starts_with("the same case as eval")) {
+            return Err(usage(format!("{}: eval cases are among the examples and --strict refuses to export them (see `tunegate data check`)", input.display())));
+        }
+        cases
+    } else {
+        let sel = training_selection(&task, &input, &cases).map_err(data_err)?;
+        if let Some(s) = sel.summary(&input) {
+            eprintln!("note: {s}");
+        }
+        cases.into_iter().filter(|c| sel.keeps(c.line)).collect()
+    };
     let examples = export::render_examples(&task, &cases, &input).map_err(data_err)?;
     let target = a.model.clone().or_else(|| tune.as_ref().map(|t| t.base.clone())).unwrap_or_default();
     let base_model = if format == ExportFormat::Axolotl {
@@ -275,19 +294,6 @@ fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     } else {
         None
     };
-
-    // Leakage against the task's eval set: `tunegate tune` refuses it, so say so now.
-    if let Some(ev) = task.eval_path() {
-        let eval = tunegate_core::dataset::load_cases_tolerant(&ev).map_err(anyhow::Error::new)?;
-        let files = vec![
-            LoadedFile { role: Role::Examples, path: input.clone(), load: TolerantLoad { cases: cases.clone(), bad_lines: vec![], text: String::new() } },
-            LoadedFile { role: Role::Eval, path: ev.clone(), load: eval },
-        ];
-        let leaks = check_files(&task, &files, None, &CheckOptions::default()).findings.into_iter().filter(|f| f.kind == FindingKind::Leakage).count();
-        if leaks > 0 {
-            eprintln!("warning: {leaks} eval case(s) also appear in {}; `tunegate tune` refuses leaking data (see `tunegate data check`)", input.display());
-        }
-    }
 
     let out = a.output.clone().unwrap_or_else(|| task.dir.join("data").join("export").join(format!("train.{}.jsonl", format.name())));
     let yaml_path = out.with_file_name("axolotl.yaml");
@@ -377,10 +383,4 @@ fn thousands(n: u64) -> String {
         out.push(ch);
     }
     out
-}
-
-/// Kept for the future `tunegate tune`: the leakage guard as the CLI uses it.
-#[allow(dead_code)]
-pub fn refuse_on_leakage(task: &Task) -> Result<()> {
-    core_data::refuse_on_leakage(task).map_err(data_err)
 }

@@ -43,9 +43,6 @@ pub struct LabArgs {
     pub provider: Option<String>,
     #[command(flatten)]
     pub run: crate::args::RunArgs,
-    /// Call the provider even when the cache has the answer.
-    #[arg(long)]
-    pub no_cache: bool,
     /// Cap on spending: provider calls (`500`) or US dollars (`$2.50`).
     #[arg(long)]
     pub budget: Option<String>,

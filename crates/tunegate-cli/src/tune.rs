@@ -38,6 +38,10 @@ pub struct TuneArgs {
     /// task's assertions); the validation loss is still measured.
     #[arg(long)]
     pub no_val_metric: bool,
+    /// Refuse when an eval case is among the examples, instead of leaving
+    /// out such examples (and repeats and conflicts) and saying which.
+    #[arg(long)]
+    pub strict: bool,
     /// Cancel a job.
     #[arg(long, value_name = "JOB")]
     pub cancel: Option<String>,
@@ -88,7 +92,7 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
         };
     }
     let task = a.task.load()?;
-    let overrides = Overrides { backend: a.backend.clone(), threads: a.threads.map(usize::from), val_metric: Some(!a.no_val_metric), prefix: "--", ..Default::default() };
+    let overrides = Overrides { backend: a.backend.clone(), threads: a.threads.map(usize::from), val_metric: Some(!a.no_val_metric), strict: a.strict.then_some(true), prefix: "--", ..Default::default() };
     let settings = Settings::for_task(&task, &overrides)?;
     if settings.backend == Backend::Local || a.resume.is_some() {
         let adapter = tunegate_tune::local::tune_task(&task, &settings, &store_path, a.resume.as_deref(), &mut TrainProgress::new())?;

@@ -172,15 +172,36 @@ fn errors_and_dropped_connections_mid_poll_do_not_lose_the_job() {
 }
 
 #[test]
-fn leakage_blocks_tuning_before_any_upload() {
+fn a_leaking_example_is_left_out_and_strict_refuses() {
+    // An eval case that is also an example: tuning leaves that example out,
+    // says which line, and goes on; the eval set is untouched.
     let state = Arc::new(Mutex::new(State { mode: "ok".into(), ..Default::default() }));
     let srv = server(state.clone());
     let dir = tempfile::tempdir().unwrap();
     task(dir.path(), &srv.url());
     std::fs::write(dir.path().join("data/eval.jsonl"), "{\"input\": \"training message 3\", \"expected\": \"other\"}\n").unwrap();
     let o = tg(dir.path(), &["tune"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(err(&o).contains("left out 1 of 12 training examples") && err(&o).contains("line 4 (the same case as eval line 1)"), "{}", err(&o));
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.uploads.len(), 1);
+        assert!(!s.uploads[0].contains("training message 3\\n") && !s.uploads[0].contains("training message 3\""), "the leaking example is not uploaded");
+        assert!(s.uploads[0].contains("training message 4"));
+    }
+    // --strict (or tune.strict: true) refuses before any upload, as before.
+    let state = Arc::new(Mutex::new(State { mode: "ok".into(), ..Default::default() }));
+    let srv = server(state.clone());
+    task(dir.path(), &srv.url());
+    std::fs::write(dir.path().join("data/eval.jsonl"), "{\"input\": \"training message 3\", \"expected\": \"other\"}\n").unwrap();
+    let o = tg(dir.path(), &["tune", "--strict"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("also appear in data.examples"), "{}", err(&o));
+    assert!(state.lock().unwrap().uploads.is_empty());
+    let yaml = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml.replace("  epochs: 2\n", "  epochs: 2\n  strict: true\n")).unwrap();
+    let o = tg(dir.path(), &["tune"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(state.lock().unwrap().uploads.is_empty());
 }
 
@@ -204,7 +225,8 @@ fn a_tuned_model_judges_a_comparison() {
     let o = tg(dir.path(), &["compare", "latest:bare@tuned", "latest:short@tuned", "--judge", "tuned:ftjob-1", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{} {}", String::from_utf8_lossy(&o.stdout), err(&o)));
-    assert_eq!(v["judge"], "tuned:ftjob-1", "{v}");
+    // The task's provider of that id (labelled `tuned`), resolved to the endpoint that trained it.
+    assert_eq!(v["judge"], "tuned", "{v}");
     assert_eq!((v["judged"].as_u64(), v["errors"].as_u64()), (Some(1), Some(0)), "{v}");
     // Asked in both orders, always preferring the first shown: a tie.
     assert_eq!(v["stats"]["ties"], 1, "{v}");

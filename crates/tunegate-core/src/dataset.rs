@@ -43,6 +43,25 @@ impl Case {
     pub fn expected_text(&self) -> Option<String> {
         self.expected.as_ref().map(value_text)
     }
+
+    /// The words of the expected output: a label's text, or the values (not
+    /// the keys) of an extraction target, joined by spaces. Near-duplicate
+    /// detection uses it to tell a word that carries the answer.
+    pub fn answer_text(&self) -> String {
+        fn leaves(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
+                Value::Array(a) => a.iter().for_each(|x| leaves(x, out)),
+                Value::Null => {}
+                other => out.push(value_text(other)),
+            }
+        }
+        let mut out = vec![];
+        if let Some(e) = &self.expected {
+            leaves(e, &mut out);
+        }
+        out.join(" ")
+    }
 }
 
 pub fn value_text(v: &Value) -> String {

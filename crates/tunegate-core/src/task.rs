@@ -313,6 +313,10 @@ pub struct TuneSpec {
     /// far less memory for about a third more compute.
     #[serde(default)]
     pub gradient_checkpointing: Option<bool>,
+    /// Refuse to tune when an eval case is among the examples, instead of
+    /// leaving such examples (and repeats and conflicts) out.
+    #[serde(default)]
+    pub strict: Option<bool>,
     #[serde(default)]
     pub base_url: Option<String>,
     #[serde(default)]

@@ -29,7 +29,8 @@ tune:
   max_seq_len: 64
 ";
 
-/// A long shipping complaint; the eval set holds a copy with the last word changed.
+/// A long shipping complaint; the eval set holds a copy with a typo and other
+/// punctuation: the same case (a changed word would be a look-alike).
 const LONG_SHIPPING: &str = "The courier dropped our new fridge freezer on the driveway, dented the left door, and drove off before anyone could sign for the delivery this morning";
 
 fn line(input: &str, expected: &str) -> String {
@@ -62,7 +63,7 @@ fn planted(dir: &Path) -> Task {
     let eval = [
         line("How do I close my account and delete my data", "account"),
         line("The mobile app crashes every time I open the settings screen", "technical"),
-        line(&LONG_SHIPPING.replace("morning", "afternoon"), "shipping"),
+        line(&LONG_SHIPPING.replace("courier", "courrier").replace("morning", "morning!"), "shipping"),
         line("The oven clock resets itself whenever the power flickers", "technical"),
     ];
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -195,8 +196,9 @@ fn clustered(dir: &Path, with_eval: bool) -> Task {
     }
     for c in 0..5 {
         let base = format!("cluster {c} the {} order arrived with a cracked {} panel and the {} manual was missing from the box entirely so", words[c], words[c + 5], words[c + 10]);
-        for end in ["today", "yesterday", "again"] {
-            ex.push(line(&format!("{base} {end}"), labels[c % 3]));
+        // Three forms of one case: as written, with a word added, shouted.
+        for end in ["", " please", "!!"] {
+            ex.push(line(&format!("{base}{end}"), labels[c % 3]));
         }
     }
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -368,4 +370,57 @@ fn epochs_prices_and_axolotl_config() {
     assert_eq!(v["lora_r"].as_u64(), Some(8));
     assert_eq!(v["lora_alpha"].as_f64(), Some(16.0));
     assert_eq!(export::validate_axolotl_config("adapter: lora\n").len(), 10);
+}
+
+/// Look-alikes (addresses that differ in the house number, one question
+/// template over different products, the same sentence about different
+/// people) are neither leakage nor conflicts; true near duplicates
+/// (punctuation, casing, a typo, a word added) still are.
+#[test]
+fn look_alikes_are_not_leakage_or_conflicts_but_true_near_duplicates_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = [
+        line("2296 COMPASS POINTE SOUTH WYND NE LELAND 28451", "shipping"),
+        line("104 South Boulevard, Evanston", "billing"),
+        line("How much does Plan-G1 cost per month?", "billing"),
+        line("Alice Smith moved to Denver last spring with her family and wants her mail forwarded", "account"),
+        line("317 Conniston Road, West Palm Beach", "shipping"),
+        line("Please cancel the duplicate payment on my credit card statement", "billing"),
+    ];
+    let eval = [
+        line("2415 COMPASS POINTE SOUTH WYND NE LELAND 28451", "shipping"),
+        line("704 South Boulevard, Evanston", "shipping"),
+        line("How much does Plan-D4 cost per month?", "billing"),
+        line("Maria Lopez moved to Denver last spring with her family and wants her mail forwarded", "account"),
+        line("317 conniston road west palm beach", "shipping"),
+        line("please cancel the duplicate paymnet on my credit card statement!!", "billing"),
+    ];
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/examples.jsonl"), examples.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), eval.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), YAML).unwrap();
+    let task = Task::load(&dir.path().join("tunegate.yaml")).unwrap();
+    let report = check_task(&task, None, &CheckOptions::default()).unwrap();
+    let leaks: Vec<(Vec<usize>, Vec<usize>)> =
+        report.findings.iter().filter(|f| f.kind == FindingKind::Leakage).map(|f| (f.lines.clone(), f.related.as_ref().unwrap().lines.clone())).collect();
+    // Only the true near duplicates: the same address in other case and
+    // punctuation, and the same request with a typo.
+    assert_eq!(leaks, vec![(vec![5], vec![5]), (vec![6], vec![6])], "{:#?}", report.findings);
+    assert!(!report.findings.iter().any(|f| f.kind == FindingKind::ConflictingLabels), "{:#?}", report.findings);
+
+    // Extraction: outputs that copy their input's spelling are the same
+    // answer; a different answer for the same case is still a conflict.
+    let dir = tempfile::tempdir().unwrap();
+    let ex = |input: &str, name: &str| serde_json::json!({"input": input, "expected": {"name": name}}).to_string();
+    let examples = [ex("rosa l parks", "rosa l parks"), ex("Rosa L. Parks", "Rosa L. Parks"), ex("martin luther king", "martin luther king"), ex("Martin Luther King!", "Malcolm X")];
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/examples.jsonl"), examples.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), ex("coretta scott king", "coretta scott king") + "\n").unwrap();
+    let yaml = YAML.replace("  kind: classification\n  labels: [billing, technical, shipping, account]\n", "  kind: extraction\n");
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let task = Task::load(&dir.path().join("tunegate.yaml")).unwrap();
+    let report = check_task(&task, None, &CheckOptions::default()).unwrap();
+    let conflicts: Vec<Vec<usize>> = report.findings.iter().filter(|f| f.kind == FindingKind::ConflictingLabels).map(|f| f.lines.clone()).collect();
+    assert_eq!(conflicts, vec![vec![3, 4]], "{:#?}", report.findings);
+    assert!(report.findings.iter().any(|f| f.kind == FindingKind::ExactDuplicate && f.lines == vec![1, 2]), "{:#?}", report.findings);
 }

@@ -39,20 +39,35 @@ impl Example {
     }
 }
 
-/// A task's examples file rendered through `tune.prompt`, each with the
-/// case it came from (the validation metric scores against it).
-pub fn from_task_file(task: &Task, path: &Path) -> Result<Vec<(Example, Case)>, TuneError> {
+/// The cases of a task's examples file that tuning trains on. `strict`
+/// refuses when an eval case is among them; otherwise the examples that
+/// would spoil the comparison or teach noise are left out (see
+/// `tunegate_core::data::check::training_selection`) and `note` hears which.
+pub fn training_cases(task: &Task, path: &Path, strict: bool, note: &mut dyn FnMut(String)) -> Result<Vec<Case>, TuneError> {
     let cases = tunegate_core::load_cases(path)?;
+    if strict {
+        tunegate_core::data::refuse_on_leakage(task)?;
+        return Ok(cases);
+    }
+    let sel = tunegate_core::data::check::training_selection(task, path, &cases)?;
+    if let Some(s) = sel.summary(path) {
+        note(s);
+    }
+    Ok(cases.into_iter().filter(|c| sel.keeps(c.line)).collect())
+}
+
+/// Cases rendered through `tune.prompt`, each with the case it came from
+/// (the validation metric scores against it).
+pub fn render(task: &Task, path: &Path, cases: Vec<Case>) -> Result<Vec<(Example, Case)>, TuneError> {
     let rendered = render_examples(task, &cases, path)?;
     Ok(rendered.into_iter().zip(cases).map(|(e, c)| (Example::from_messages(&e.messages), c)).collect())
 }
 
-/// A task's examples file as OpenAI chat JSONL, checked as a fine-tuning
-/// API would check it (the remote backend uploads this text).
-pub fn task_file_as_chat_jsonl(task: &Task, path: &Path) -> Result<String, TuneError> {
-    let cases = tunegate_core::load_cases(path)?;
+/// Cases as OpenAI chat JSONL, checked as a fine-tuning API would check it
+/// (the remote backend uploads this text).
+pub fn as_chat_jsonl(task: &Task, path: &Path, cases: &[Case]) -> Result<String, TuneError> {
     let mut text = String::new();
-    for e in render_examples(task, &cases, path)? {
+    for e in render_examples(task, cases, path)? {
         text.push_str(&encode(ExportFormat::OpenaiChat, &e.messages).to_string());
         text.push('\n');
     }

@@ -4,7 +4,7 @@
 //! examples, their [`Settings`] and their [`TrainSink`].
 
 use crate::events::{Finished, Plan, TrainEvent, TrainSink};
-use crate::examples::{from_task_file, Example};
+use crate::examples::{render, training_cases, Example};
 use crate::jobs::{self, TunedAdapter};
 use crate::metric::ValidationMetric;
 use crate::settings::{SelectBy, Settings};
@@ -149,10 +149,9 @@ pub fn train(model: &mut LoraModel, settings: &Settings, run: Run, sink: &mut dy
 pub fn tune_task(task: &Task, settings: &Settings, store_path: &Path, resume: Option<&str>, sink: &mut dyn TrainSink) -> Result<TunedAdapter, TuneError> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
-    // Leakage always blocks tuning: the after-measurement would be memory.
-    tunegate_core::data::refuse_on_leakage(task)?;
     let model_path = model_path(settings)?;
     let examples_path = examples_path(task)?;
+    let cases = training_cases(task, &examples_path, settings.strict, &mut |n| sink.event(&TrainEvent::Note(n)))?;
     if let Some(note) = apply_threads(settings.threads) {
         sink.event(&TrainEvent::Note(note));
     }
@@ -174,9 +173,9 @@ pub fn tune_task(task: &Task, settings: &Settings, store_path: &Path, resume: Op
             })
             .collect()
     };
-    let mut train_rows = encode(from_task_file(task, &examples_path)?);
+    let mut train_rows = encode(render(task, &examples_path, cases)?);
     let validation_rows = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
-        Some(p) => encode(from_task_file(task, &p)?),
+        Some(p) => encode(render(task, &p, tunegate_core::load_cases(&p)?)?),
         None => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(settings.seed);
             train_rows.shuffle(&mut rng);

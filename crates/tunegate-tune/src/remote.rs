@@ -3,7 +3,7 @@
 //! the moment the API returns it, so a crash or a lost connection never
 //! loses it: [`watch`] can pick it up again at any time.
 
-use crate::examples::task_file_as_chat_jsonl;
+use crate::examples::{as_chat_jsonl, training_cases};
 use crate::settings::Settings;
 use crate::TuneError;
 use serde_json::json;
@@ -36,10 +36,11 @@ pub async fn create(task: &Task, settings: &Settings, store: &Store, env: &dyn F
         .base_url
         .clone()
         .ok_or_else(|| InputError::new(&task.path, "the remote backend needs tune.base_url (an OpenAI-compatible API, e.g. https://host/v1)").field("tune.base_url"))?;
-    tunegate_core::data::refuse_on_leakage(task)?;
-    let train = task_file_as_chat_jsonl(task, &crate::local::examples_path(task)?)?;
+    let examples = crate::local::examples_path(task)?;
+    let cases = training_cases(task, &examples, settings.strict, &mut *log)?;
+    let train = as_chat_jsonl(task, &examples, &cases)?;
     let valid = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
-        Some(p) => Some(task_file_as_chat_jsonl(task, &p)?),
+        Some(p) => Some(as_chat_jsonl(task, &p, &tunegate_core::load_cases(&p)?)?),
         None => None,
     };
     let data_hash = tunegate_core::task::hash_json(&json!([train, valid]));

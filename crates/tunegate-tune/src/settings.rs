@@ -98,6 +98,7 @@ pub struct Overrides {
     pub early_stopping_patience: Option<usize>,
     pub select_by: Option<String>,
     pub gradient_checkpointing: Option<bool>,
+    pub strict: Option<bool>,
     /// Measure the validation pass rate after each epoch (default: yes when
     /// the task's assertions can be scored without a grader model).
     pub val_metric: Option<bool>,
@@ -131,6 +132,8 @@ pub struct Settings {
     pub early_stopping_patience: Option<usize>,
     pub select_by: SelectBy,
     pub gradient_checkpointing: bool,
+    /// Refuse leaking data instead of leaving the spoiling examples out.
+    pub strict: bool,
     pub val_metric: bool,
     pub base_url: Option<String>,
     /// The name of the variable holding the API key, never the key.
@@ -295,6 +298,7 @@ impl Resolver<'_> {
                 _ => SelectBy::Loss,
             },
             gradient_checkpointing: self.pick("gradient_checkpointing", &o.gradient_checkpointing, t.as_ref().and_then(|t| t.gradient_checkpointing), Some(false), |_| Ok(()))?.unwrap_or(false),
+            strict: self.pick("strict", &o.strict, t.as_ref().and_then(|t| t.strict), Some(false), |_| Ok(()))?.unwrap_or(false),
             val_metric: o.val_metric.unwrap_or(true),
             base_url: t.as_ref().and_then(|t| t.base_url.clone()),
             api_key_env: t.as_ref().and_then(|t| t.api_key_env.clone()),

@@ -19,7 +19,7 @@
 //! is reported as a conflict only, not also as duplicates: resolving the
 //! conflict is the first job.
 
-use super::near::{Similarity, UnionFind, DEFAULT_NEAR_THRESHOLD};
+use super::near::{normalize_text, Similarity, UnionFind, DEFAULT_NEAR_THRESHOLD};
 use super::{DataError, Distribution, Finding, FindingKind, Related, TokenCounter};
 use crate::dataset::{load_cases_tolerant, value_text, Case, TolerantLoad};
 use crate::error::InputError;
@@ -188,16 +188,18 @@ pub fn check_files(task: &Task, files: &[LoadedFile], counter: Option<&dyn Token
     // non-empty inputs of all files.
     let mut items: Vec<(usize, usize)> = vec![]; // (file, case)
     let mut texts: Vec<String> = vec![];
+    let mut answers: Vec<String> = vec![];
     for (fi, f) in files.iter().enumerate() {
         for (ci, c) in f.load.cases.iter().enumerate() {
             let t = c.input_text();
             if !t.trim().is_empty() {
                 items.push((fi, ci));
                 texts.push(t);
+                answers.push(c.answer_text());
             }
         }
     }
-    let sim = Similarity::build(&texts, opts.near_threshold);
+    let sim = Similarity::build_cases(&texts, &answers, opts.near_threshold);
     let mut near_of: HashMap<usize, Vec<(usize, f64)>> = HashMap::new();
     for &(a, b, j) in &sim.pairs {
         near_of.entry(a).or_default().push((b, j));
@@ -398,6 +400,76 @@ pub fn leakage_findings(task: &Task, near_threshold: f64) -> Result<Vec<Finding>
     Ok(report.findings.into_iter().filter(|f| f.kind == FindingKind::Leakage).collect())
 }
 
+/// What tuning leaves out of a set of training examples, by line, and why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// Line of the examples file -> the reason it is left out.
+    pub left_out: BTreeMap<usize, String>,
+    /// Examples considered.
+    pub total: usize,
+}
+
+impl Selection {
+    pub fn keeps(&self, line: usize) -> bool {
+        !self.left_out.contains_key(&line)
+    }
+
+    /// One paragraph for the user: how many, which lines, why, and the way
+    /// to refuse instead. None when nothing is left out.
+    pub fn summary(&self, file: &Path) -> Option<String> {
+        if self.left_out.is_empty() {
+            return None;
+        }
+        let shown: Vec<String> = self.left_out.iter().take(12).map(|(l, why)| format!("line {l} ({why})")).collect();
+        let more = if self.left_out.len() > 12 { format!(", and {} more", self.left_out.len() - 12) } else { String::new() };
+        Some(format!(
+            "left out {} of {} training examples in {}: {}{more}; the eval set is untouched (`tunegate data check` lists them; --strict or `tune.strict: true` refuses instead)",
+            self.left_out.len(),
+            self.total,
+            file.display(),
+            shown.join(", ")
+        ))
+    }
+}
+
+/// The examples tuning trains on: `cases` (read from `examples`) minus the
+/// ones that would spoil the before/after comparison or teach noise — an
+/// example that is the same case as an eval case (leakage: the after
+/// measurement would be memory), every repeat of an exact duplicate but the
+/// first, and every example of a conflict (the same case with different
+/// answers: which one is right is for a person to say). The eval set is
+/// never touched.
+pub fn training_selection(task: &Task, examples: &Path, cases: &[Case]) -> Result<Selection, DataError> {
+    let mut files = vec![LoadedFile { role: Role::Examples, path: examples.to_path_buf(), load: TolerantLoad { cases: cases.to_vec(), bad_lines: vec![], text: String::new() } }];
+    if let Some(ev) = task.eval_path() {
+        files.push(LoadedFile { role: Role::Eval, path: ev.clone(), load: load_cases_tolerant(&ev)? });
+    }
+    let report = check_files(task, &files, None, &CheckOptions::default());
+    let mut left_out = BTreeMap::new();
+    for f in &report.findings {
+        match f.kind {
+            FindingKind::Leakage => {
+                for &l in f.related.iter().flat_map(|r| &r.lines) {
+                    left_out.entry(l).or_insert_with(|| format!("the same case as eval line {}", f.lines.first().copied().unwrap_or(0)));
+                }
+            }
+            FindingKind::ExactDuplicate if f.file == examples => {
+                for &l in f.lines.iter().skip(1) {
+                    left_out.entry(l).or_insert_with(|| format!("a repeat of line {}", f.lines[0]));
+                }
+            }
+            FindingKind::ConflictingLabels if f.file == examples => {
+                for &l in &f.lines {
+                    let others: Vec<String> = f.lines.iter().filter(|&&o| o != l).map(|o| o.to_string()).collect();
+                    left_out.entry(l).or_insert_with(|| format!("conflicts with line {}", others.join(", ")));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Selection { left_out, total: cases.len() })
+}
+
 /// The guard every tuning path calls first: an error listing the leaking
 /// eval cases when there are any. Leakage always blocks tuning, because a
 /// before/after comparison on cases the model was trained on measures memory,
@@ -439,14 +511,17 @@ fn contract_break(kind: TaskKind, labels: &[String], norm_labels: &[String], sch
 }
 
 /// What "the same expected output" means for conflicts: the normalised label
-/// (classification), the JSON with keys sorted (extraction), else the text.
+/// (classification), the JSON with keys sorted and every string normalised
+/// (extraction), else the normalised text. Outputs that differ only in form
+/// (case, spacing, punctuation: an extraction copying its input's spelling,
+/// "rosa l parks" and "rosa l. parks") are the same answer, not a conflict.
 fn expected_key(kind: TaskKind, e: &Option<Value>) -> String {
     match e {
         None => String::new(),
         Some(v) => match kind {
             TaskKind::Classification => normalize_label(&value_text(v)),
             TaskKind::Extraction => canonical(v).to_string(),
-            _ => value_text(v).trim().to_string(),
+            _ => normalize_text(&value_text(v)),
         },
     }
 }
@@ -458,6 +533,7 @@ fn canonical(v: &Value) -> Value {
             Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
         Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        Value::String(s) => Value::String(normalize_text(s)),
         other => other.clone(),
     }
 }

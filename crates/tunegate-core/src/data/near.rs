@@ -19,8 +19,20 @@
 //!   probability above 0.9999999, a pair at 0.3 with about 0.23;
 //! - the default threshold is Jaccard >= [`DEFAULT_NEAR_THRESHOLD`] (0.8), the
 //!   value commonly used for near-duplicate removal in training corpora.
+//!
+//! Similar is not the same case. Real data is full of look-alikes: addresses
+//! that differ in the house number, one question template over many
+//! products, the same sentence about different people. Their shingles
+//! overlap as much as a true duplicate's, but the words that differ carry the
+//! answer. So a pair above the threshold is a near duplicate only when
+//! [`same_case`] holds: the words that differ between the two texts change
+//! their form (case, spacing and punctuation are already gone; a typo; a
+//! word added or dropped), never their content — no differing word holds a
+//! digit (numbers, house numbers, identifiers like `D4`), is capitalised
+//! inside the raw text (a name), occurs in either case's expected output, or
+//! replaces another word.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Default Jaccard similarity from which two inputs count as near duplicates.
 pub const DEFAULT_NEAR_THRESHOLD: f64 = 0.8;
@@ -115,14 +127,25 @@ impl Shingles {
         Shingles { words: word_sh, chars: char_sh }
     }
 
-    /// The exact Jaccard similarity of two texts by the pairing rule: word
-    /// shingles when both are long, else character shingles; `None` when the
-    /// two cannot be compared (a very short and a very long text).
+    /// The exact Jaccard similarity of two texts: on word shingles when both
+    /// are long, on character shingles when both are short, the higher of the
+    /// two in between; `None` when the two cannot be compared (a very short
+    /// and a very long text).
     pub fn jaccard(&self, other: &Shingles) -> Option<f64> {
-        match (&self.words, &other.words, &self.chars, &other.chars) {
-            (Some(a), Some(b), _, _) => Some(jaccard_sorted(a, b)),
-            (_, _, Some(a), Some(b)) => Some(jaccard_sorted(a, b)),
+        let words = match (&self.words, &other.words) {
+            (Some(a), Some(b)) => Some(jaccard_sorted(a, b)),
             _ => None,
+        };
+        let chars = match (&self.chars, &other.chars) {
+            (Some(a), Some(b)) => Some(jaccard_sorted(a, b)),
+            _ => None,
+        };
+        // Both kinds where both exist (10 to 19 words): the higher one, so a
+        // typo, which breaks three word shingles but few character ones,
+        // does not hide a duplicate.
+        match (words, chars) {
+            (Some(w), Some(c)) => Some(w.max(c)),
+            (w, c) => w.or(c),
         }
     }
 }
@@ -150,6 +173,124 @@ fn signature(shingles: &[u64], seeds: &[u64]) -> Vec<u64> {
     seeds.iter().map(|&s| shingles.iter().map(|&x| mix(x.wrapping_add(s))).min().unwrap_or(u64::MAX)).collect()
 }
 
+/// The tokens of a raw text that are names: capitalised, and not the first
+/// word of the text or of a sentence (where every word is capitalised).
+fn name_tokens(raw: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut sentence_start = true;
+    let mut word = String::new();
+    let flush = |word: &mut String, sentence_start: &mut bool, out: &mut HashSet<String>| {
+        if word.is_empty() {
+            return;
+        }
+        let first = word.chars().next().unwrap_or(' ');
+        if first.is_uppercase() && !*sentence_start {
+            out.insert(word.to_lowercase());
+        }
+        *sentence_start = false;
+        word.clear();
+    };
+    for c in raw.chars() {
+        if c.is_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut sentence_start, &mut out);
+            if matches!(c, '.' | '!' | '?' | '\n' | ':' | ';') {
+                sentence_start = true;
+            }
+        }
+    }
+    flush(&mut word, &mut sentence_start, &mut out);
+    out
+}
+
+/// Optimal string alignment distance (Levenshtein plus adjacent
+/// transpositions), stopping early once it exceeds `max`.
+fn edit_distance(a: &str, b: &str, max: usize) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > max {
+        return max + 1;
+    }
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// A misspelling of the same word: letters only, at least 4 of them, one
+/// edit apart (two from 8 letters on).
+fn is_typo(x: &str, y: &str) -> bool {
+    let n = x.chars().count().min(y.chars().count());
+    let letters = |s: &str| s.chars().all(char::is_alphabetic);
+    n >= 4 && letters(x) && letters(y) && edit_distance(x, y, 2) <= if n >= 8 { 2 } else { 1 }
+}
+
+/// Whether two texts (raw, as written) are the same case: the words that
+/// differ between them only change the form. See the module docs for the
+/// rule; `answer` holds the normalised tokens of both cases' expected
+/// outputs.
+pub fn same_case(a: &str, b: &str, answer: &HashSet<String>) -> bool {
+    let (na, nb) = (normalize_text(a), normalize_text(b));
+    if na == nb {
+        return true;
+    }
+    let count = |n: &str| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for t in n.split(' ').filter(|t| !t.is_empty()) {
+            *m.entry(t.to_string()).or_default() += 1;
+        }
+        m
+    };
+    let (ca, cb) = (count(&na), count(&nb));
+    let only = |x: &HashMap<String, usize>, y: &HashMap<String, usize>| -> Vec<String> {
+        let mut v = vec![];
+        for (t, &n) in x {
+            for _ in y.get(t).copied().unwrap_or(0)..n {
+                v.push(t.clone());
+            }
+        }
+        v.sort();
+        v
+    };
+    let (mut only_a, mut only_b) = (only(&ca, &cb), only(&cb, &ca));
+    // Typos pair off first: a misspelt word is the same word.
+    let mut i = 0;
+    while i < only_a.len() {
+        match only_b.iter().position(|y| is_typo(&only_a[i], y)) {
+            Some(j) => {
+                only_a.remove(i);
+                only_b.remove(j);
+            }
+            None => i += 1,
+        }
+    }
+    if !only_a.is_empty() && !only_b.is_empty() {
+        // A word replaced by another: the texts say different things.
+        return false;
+    }
+    let names: HashSet<String> = name_tokens(a).into_iter().chain(name_tokens(b)).collect();
+    only_a.iter().chain(&only_b).all(|t| !t.chars().any(|c| c.is_ascii_digit()) && !answer.contains(t) && !names.contains(t))
+}
+
+/// The normalised tokens of a text, as a set (for [`same_case`]'s `answer`).
+pub fn token_set(text: &str) -> HashSet<String> {
+    normalize_text(text).split(' ').filter(|t| !t.is_empty()).map(str::to_string).collect()
+}
+
 /// The similarity structure of a list of texts.
 ///
 /// Texts equal after normalisation form one *group* (`groups`, `group_of`);
@@ -166,8 +307,17 @@ pub struct Similarity {
 }
 
 impl Similarity {
-    /// Builds the structure for `texts` at a Jaccard `threshold`.
+    /// Builds the structure for `texts` at a Jaccard `threshold`, with no
+    /// expected outputs to consult (see [`Similarity::build_cases`]).
     pub fn build(texts: &[String], threshold: f64) -> Similarity {
+        Self::build_cases(texts, &[], threshold)
+    }
+
+    /// Builds the structure for cases: `texts` their inputs, `answers` their
+    /// expected outputs as text (same order; may be empty). A pair above the
+    /// threshold is kept only when [`same_case`] holds for the two groups'
+    /// first texts, with the answer tokens of every member of both.
+    pub fn build_cases(texts: &[String], answers: &[String], threshold: f64) -> Similarity {
         // Exact groups: by normalised text; a text that normalises to nothing
         // ("???") is grouped by its trimmed raw text instead.
         let mut key_to_group: HashMap<String, usize> = HashMap::new();
@@ -207,11 +357,16 @@ impl Similarity {
                 }
             }
         }
+        let answer_tokens = |g: usize| -> HashSet<String> { groups[g].iter().filter_map(|&i| answers.get(i)).flat_map(|a| token_set(a)).collect() };
         let pairs = candidates
             .into_iter()
             .filter_map(|(a, b)| {
                 let j = shingles[a].jaccard(&shingles[b])?;
-                (j >= threshold).then_some((a, b, j))
+                if j < threshold {
+                    return None;
+                }
+                let answer: HashSet<String> = answer_tokens(a).into_iter().chain(answer_tokens(b)).collect();
+                same_case(&texts[groups[a][0]], &texts[groups[b][0]], &answer).then_some((a, b, j))
             })
             .collect();
         Similarity { groups, group_of, pairs }
@@ -265,10 +420,11 @@ impl UnionFind {
     }
 }
 
-/// Near-duplicate clusters of `texts`: every index appears in exactly one
+/// Near-duplicate clusters of cases (`texts` their inputs, `answers` their
+/// expected outputs as text, or empty): every index appears in exactly one
 /// cluster (singletons included), clusters ordered by first index.
-pub fn clusters(texts: &[String], threshold: f64) -> Vec<Vec<usize>> {
-    let sim = Similarity::build(texts, threshold);
+pub fn clusters(texts: &[String], answers: &[String], threshold: f64) -> Vec<Vec<usize>> {
+    let sim = Similarity::build_cases(texts, answers, threshold);
     let mut uf = UnionFind::new(texts.len());
     for g in &sim.groups {
         for &i in &g[1..] {
@@ -304,8 +460,56 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let c = clusters(&texts, DEFAULT_NEAR_THRESHOLD);
+        let c = clusters(&texts, &[], DEFAULT_NEAR_THRESHOLD);
         assert_eq!(c, vec![vec![0, 1, 2], vec![3], vec![4]]);
+    }
+
+    fn pair_clusters(a: &str, b: &str, answers: &[&str]) -> bool {
+        let texts = vec![a.to_string(), b.to_string()];
+        let answers: Vec<String> = answers.iter().map(|s| s.to_string()).collect();
+        clusters(&texts, &answers, DEFAULT_NEAR_THRESHOLD).len() == 1
+    }
+
+    #[test]
+    fn look_alikes_are_not_the_same_case() {
+        let families = [
+            // Addresses that differ in the house number.
+            ("2296 COMPASS POINTE SOUTH WYND NE LELAND 28451", "2415 COMPASS POINTE SOUTH WYND NE LELAND 28451"),
+            ("104 South Boulevard, Evanston", "704 South Boulevard, Evanston"),
+            // One question template over different products.
+            ("How much does Plan-D4 cost per month?", "How much does Plan-G1 cost per month?"),
+            ("How much does the kitchen blender cost per month?", "How much does the kitchen toaster cost per month?"),
+            // The same sentence about different people.
+            ("Alice Smith moved to Denver last spring with her family", "Maria Lopez moved to Denver last spring with her family"),
+            ("The refund was sent to Alice on Monday morning", "The refund was sent to Maria on Monday morning"),
+            ("Please call me back, this is Jonathan", "Please call me back, this is"),
+        ];
+        for (a, b) in families {
+            let sim = Shingles::of(&normalize_text(a)).jaccard(&Shingles::of(&normalize_text(b))).unwrap_or(0.0);
+            assert!(!same_case(a, b, &HashSet::new()), "{a:?} vs {b:?} (Jaccard {sim:.2})");
+            assert!(!pair_clusters(a, b, &[]), "{a:?} vs {b:?}");
+        }
+        // A differing word that is (part of) an expected output carries the answer.
+        let (a, b) = ("I have a question about my billing address", "I have a question about my address");
+        assert!(same_case(a, b, &HashSet::new()));
+        assert!(!pair_clusters(a, b, &["billing", "account"]));
+    }
+
+    #[test]
+    fn true_near_duplicates_still_are() {
+        let pairs = [
+            ("317 conniston road west palm beach", "317 Conniston Road, West Palm Beach"),
+            ("I was charged TWICE for my order!!", "i was charged twice for my order"),
+            ("I was charged twice for my annual subscription order and I would like a refund", "I was chraged twice for my annual subscription order and I would like a refund"),
+            ("The parcel arrived damaged and the box was soaked", "The parcel arrived damaged and the box was soaked please"),
+            ("Where is my package, it has been ten days since the order shipped", "Where is my pakage it has been ten days since the order shipped"),
+        ];
+        for (a, b) in pairs {
+            assert!(same_case(a, b, &HashSet::new()), "{a:?} vs {b:?}");
+            assert!(pair_clusters(a, b, &["shipping"]), "{a:?} vs {b:?}");
+        }
+        assert_eq!(edit_distance("charged", "chraged", 2), 1);
+        assert!(!is_typo("d4", "g1") && !is_typo("blender", "toaster") && is_typo("package", "pakage"));
     }
 
     #[test]

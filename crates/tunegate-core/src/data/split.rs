@@ -104,10 +104,13 @@ pub fn split_examples(task: &Task, opts: &SplitOptions) -> Result<SplitResult, D
     if let Some(ev) = task.eval_path() {
         let eval = load_cases_tolerant(&ev)?;
         let mut texts: Vec<String> = usable.iter().map(|c| c.input_text()).collect();
+        let mut answers: Vec<String> = usable.iter().map(|c| c.answer_text()).collect();
         let n = texts.len();
-        texts.extend(eval.cases.iter().map(|c| c.input_text()).filter(|t| !t.trim().is_empty()));
-        let eval_lines: Vec<usize> = eval.cases.iter().filter(|c| !c.input_text().trim().is_empty()).map(|c| c.line).collect();
-        let sim = Similarity::build(&texts, opts.near_threshold);
+        let eval_cases: Vec<&Case> = eval.cases.iter().filter(|c| !c.input_text().trim().is_empty()).collect();
+        texts.extend(eval_cases.iter().map(|c| c.input_text()));
+        answers.extend(eval_cases.iter().map(|c| c.answer_text()));
+        let eval_lines: Vec<usize> = eval_cases.iter().map(|c| c.line).collect();
+        let sim = Similarity::build_cases(&texts, &answers, opts.near_threshold);
         let mut leaked: BTreeMap<usize, usize> = BTreeMap::new(); // example index -> eval line
         for g in &sim.groups {
             if let Some(e) = g.iter().find(|&&i| i >= n) {
@@ -138,7 +141,8 @@ pub fn split_examples(task: &Task, opts: &SplitOptions) -> Result<SplitResult, D
 
     // Clusters and their strata.
     let texts: Vec<String> = usable.iter().map(|c| c.input_text()).collect();
-    let comps = clusters(&texts, opts.near_threshold);
+    let answers: Vec<String> = usable.iter().map(|c| c.answer_text()).collect();
+    let comps = clusters(&texts, &answers, opts.near_threshold);
     let multi_clusters = comps.iter().filter(|c| c.len() > 1).count();
     let stratum = |comp: &[usize]| -> String {
         if task.kind() != TaskKind::Classification {
