@@ -66,7 +66,7 @@ fn planted(dir: &Path) {
     let eval = [
         line("How do I close my account and delete my data", "account"),
         line("The mobile app crashes every time I open the settings screen", "technical"),
-        line(&LONG_SHIPPING.replace("morning", "afternoon"), "shipping"),
+        line(&LONG_SHIPPING.replace("courier", "courrier").replace("morning", "morning!"), "shipping"),
         line("The oven clock resets itself whenever the power flickers", "technical"),
     ];
     std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -212,8 +212,9 @@ fn split_is_stable_refuses_to_overwrite_and_leaves_the_task_file_alone() {
     // Two clusters of near duplicates (lines 41-43, 44-46).
     for (c, label) in labels.iter().take(2).enumerate() {
         let base = format!("cluster {c} my {} order came with a cracked {} panel and the manual was missing from the box so", word(), word());
-        for end in ["today", "yesterday", "again"] {
-            ex.push(line(&format!("{base} {end}"), label));
+        // Three forms of one case: as written, with a word added, shouted.
+        for end in ["", " please", "!!"] {
+            ex.push(line(&format!("{base}{end}"), label));
         }
     }
     std::fs::write(d.join("data/examples.jsonl"), ex.join("\n") + "\n").unwrap();
