@@ -92,6 +92,10 @@ pub struct DataFacts {
     pub contract_breaks: usize,
     /// Eval cases that also (nearly) appear in the examples.
     pub leaked_eval_cases: usize,
+    /// Their case ids, so the pass rate can be measured without them.
+    pub leaked_eval_ids: Vec<String>,
+    /// Examples in a conflicting group.
+    pub conflicting_examples: usize,
     /// Groups of (near-)same inputs with different expected outputs.
     pub conflict_groups: usize,
     /// Examples that are extra copies (exact or near) of another.
@@ -142,6 +146,9 @@ pub fn data_facts(task: &Task, report: Option<&CheckReport>, eval: Option<&[Case
             match f.kind {
                 FindingKind::Leakage => {
                     d.leaked_eval_cases += f.lines.len().max(1);
+                    if let Some(ev) = eval {
+                        d.leaked_eval_ids.extend(ev.iter().filter(|c| f.lines.contains(&c.line)).map(|c| c.id.clone()));
+                    }
                     if let Some(rel) = &f.related {
                         removed.extend(rel.lines.iter().copied());
                     }
@@ -149,6 +156,7 @@ pub fn data_facts(task: &Task, report: Option<&CheckReport>, eval: Option<&[Case
                 FindingKind::ConflictingLabels => {
                     d.conflict_groups += 1;
                     if in_examples {
+                        d.conflicting_examples += f.lines.len();
                         removed.extend(f.lines.iter().copied());
                     }
                 }
@@ -1353,11 +1361,64 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     let min_eval = th.get("min_eval_cases");
     let dup_share = if d.examples_cases == 0 { 0.0 } else { d.duplicate_examples as f64 / d.examples_cases as f64 };
     let expected_share = if d.eval_cases == 0 { 0.0 } else { d.eval_with_expected as f64 / d.eval_cases as f64 };
-    let data_bad = d.leaked_eval_cases as f64 > th.get("max_leaked_cases")
-        || d.conflict_groups as f64 > th.get("max_conflicts")
-        || dup_share > th.get("max_duplicate_share")
-        || d.contract_breaks > 0
-        || d.malformed_lines > 0;
+    // Data problems weigh by what they do to the numbers: a finding replaces
+    // the decision only when it can change it (README, "The advisor").
+    let leaked = d.leaked_eval_cases;
+    let leak_share = if d.eval_cases == 0 { 0.0 } else { leaked as f64 / d.eval_cases as f64 };
+    let leak_found = leaked as f64 > th.get("max_leaked_cases");
+    // The best prompt's pass rate on the eval cases that do not leak.
+    let clean_best: Option<(u64, u64)> = match (best, ev.run.as_ref()) {
+        (Some(b), Some(r)) if leak_found => {
+            let leaked_ids: HashSet<&str> = d.leaked_eval_ids.iter().map(String::as_str).collect();
+            let mine = r.outcomes.iter().filter(|o| o.prompt == b.prompt && o.provider == b.provider && o.error.is_none() && !leaked_ids.contains(o.case_id.as_str()));
+            let (k, n) = mine.fold((0u64, 0u64), |(k, n), o| (k + u64::from(o.pass == Some(true)), n + 1));
+            (n > 0).then_some((k, n))
+        }
+        _ => None,
+    };
+    let clean_ci = clean_best.map(|(k, n)| wilson(k, n));
+    let leak_moves = match (best, clean_ci) {
+        (Some(b), Some((lo, hi))) => b.pass_rate < lo || b.pass_rate > hi,
+        _ => false,
+    };
+    let leak_decisive = leak_found && (leak_share > th.get("max_leaked_share") || leak_moves);
+    let leak_text = {
+        let clean = match (best, clean_best, clean_ci) {
+            (Some(b), Some((k, n)), Some((lo, hi))) => format!(
+                "; without them {}@{} passes {} ({}–{}, {n} cases) against {} on all cases{}",
+                b.prompt,
+                b.provider,
+                pct(k as f64 / n as f64),
+                pct(lo),
+                pct(hi),
+                pct(b.pass_rate),
+                if leak_moves { ": the leak moves the number" } else { ": within the interval" }
+            ),
+            _ => String::new(),
+        };
+        format!("{leaked} of {} eval cases ({}) are the same case as an example{clean}", d.eval_cases, pct(leak_share))
+    };
+    let conflict_share = if d.examples_cases == 0 { 0.0 } else { d.conflicting_examples as f64 / d.examples_cases as f64 };
+    let conflict_found = d.conflict_groups as f64 > th.get("max_conflicts");
+    let conflict_decisive = conflict_found && conflict_share > th.get("max_conflict_share");
+    let conflict_text = format!("{} groups of the same case have different expected outputs: {} of {} examples ({})", d.conflict_groups, d.conflicting_examples, d.examples_cases, pct(conflict_share));
+    let dup_decisive = dup_share > th.get("max_duplicate_share");
+    let broken = d.contract_breaks + d.malformed_lines;
+    let broken_share = broken as f64 / (d.eval_cases + d.examples_cases).max(1) as f64;
+    let broken_decisive = broken > 0 && broken_share > th.get("max_broken_share");
+    let data_bad = leak_decisive || conflict_decisive || dup_decisive || broken_decisive;
+    // Findings too small to change the decision: warnings with their fix.
+    let mut data_warnings: Vec<(String, Step)> = vec![];
+    if leak_found && !leak_decisive {
+        data_warnings.push((format!("{leak_text}; `tunegate tune` leaves those examples out"), step("See the leaking cases; tuning trains without them (--strict refuses)".into(), Some(format!("tunegate data check{c_arg}")))));
+    }
+    if conflict_found && !conflict_decisive {
+        data_warnings.push((format!("{conflict_text}; `tunegate tune` leaves them out"), step(format!("Decide the right output for the {} conflicting groups", d.conflict_groups), Some(format!("tunegate data check{c_arg}")))));
+    }
+    if broken > 0 && !broken_decisive {
+        data_warnings.push((format!("{} expected outputs break the contract and {} lines are malformed ({} of all cases)", d.contract_breaks, d.malformed_lines, pct(broken_share)), step("Fix the lines `data check` reports as contract breaks or malformed".into(), Some(format!("tunegate data check{c_arg}")))));
+    }
+    let min_readable = th.get("min_readable_eval_cases");
     let mut keep_prompt = None;
     let verdict;
     let summary;
@@ -1378,27 +1439,37 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     } else if data_bad {
         verdict = Verdict::FixData;
         summary = "The data has problems that make any number measured on it unreliable: fix them first.".into();
-        if d.leaked_eval_cases as f64 > th.get("max_leaked_cases") {
-            let hi = best.filter(|b| b.pass_rate >= target).map(|b| format!("; the best pass rate of {} is inflated by it", pct(b.pass_rate))).unwrap_or_default();
-            reasons.push(format!("{} of {} eval cases (nearly) appear in the examples{hi}", d.leaked_eval_cases, d.eval_cases));
+        if leak_decisive {
+            reasons.push(leak_text.clone());
             steps.push(step(format!("Remove the {} leaking cases from one side; `data check` lists them with their lines", d.leaked_eval_cases), Some(format!("tunegate data check{c_arg}"))));
             steps.push(step("Or write a clean split that keeps near duplicates on one side".into(), Some(format!("tunegate data split{c_arg}"))));
         }
-        if d.conflict_groups as f64 > th.get("max_conflicts") {
-            reasons.push(format!("{} groups of (near-)same inputs have different expected outputs", d.conflict_groups));
+        if conflict_decisive {
+            reasons.push(conflict_text.clone());
             steps.push(step(format!("Decide the right output for each of the {} conflicting groups (same input, different labels)", d.conflict_groups), Some(format!("tunegate data check{c_arg}"))));
         }
         if dup_share > th.get("max_duplicate_share") {
             reasons.push(format!("{} of {} examples are duplicates ({}; allowed {})", d.duplicate_examples, d.examples_cases, pct(dup_share), pct(th.get("max_duplicate_share"))));
             steps.push(step(format!("Drop the {} duplicate examples from {ex_file}", d.duplicate_examples), None));
         }
-        if d.contract_breaks + d.malformed_lines > 0 {
-            reasons.push(format!("{} expected outputs break the contract and {} lines are malformed", d.contract_breaks, d.malformed_lines));
+        if broken_decisive {
+            reasons.push(format!("{} expected outputs break the contract and {} lines are malformed ({} of all cases)", d.contract_breaks, d.malformed_lines, pct(broken_share)));
             steps.push(step("Fix the lines `data check` reports as contract breaks or malformed".into(), Some(format!("tunegate data check{c_arg}"))));
         }
         steps.push(step("Re-run the eval on the clean data".into(), Some(format!("tunegate eval{c_arg}"))));
         steps.push(step("Ask again with the new run".into(), Some(format!("tunegate advise{c_arg}"))));
-    } else if (d.eval_cases as f64) < min_eval {
+    } else if moving {
+        // Requirements that keep moving rule out tuning whatever else holds.
+        verdict = Verdict::KeepPrompting;
+        let age = churn.days_since_contract_change.map(|x| format!("the contract changed {x:.0} days ago")).unwrap_or_else(|| "the contract keeps changing".into());
+        summary = format!("The task is still moving ({age}, {changes_30d} contract/expected changes in 30 days): keep prompting until it settles.");
+        reasons.push(format!("{age}; stable means {stable_days:.0} days without a change and at most {} changes in 30 days", th.get("max_changes_30d")));
+        match best {
+            Some(b) => steps.push(step(format!("Keep iterating on prompts; the best now is {}@{} at {}", b.prompt, b.provider, pct(b.pass_rate)), Some(format!("tunegate eval{c_arg}")))),
+            None => steps.push(step("Keep iterating on prompts, measured on the eval set".into(), Some(format!("tunegate eval{c_arg}")))),
+        }
+        steps.push(step(format!("Freeze labels and expected outputs, then ask again after {stable_days:.0} quiet days"), Some(format!("tunegate advise{c_arg}"))));
+    } else if (d.eval_cases as f64) < min_readable {
         verdict = Verdict::BuildEvalFirst;
         let hw = ready.eval_ci_half_width;
         summary = format!("{} eval cases cannot tell prompt variants apart (±{} at 95%): grow the eval set first.", d.eval_cases, pts(hw));
@@ -1466,13 +1537,6 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                 steps.push(step(format!("Index the documents that hold the answers of the {} missing-knowledge failures and add the retrieved passages to the prompt", f.missing_knowledge), Some(format!("tunegate show{c_arg} --failed"))));
             }
             steps.push(step("Keep the instructions in the prompt; evaluate the retrieval variant as a new prompt".into(), Some(format!("tunegate eval{c_arg}"))));
-        } else if moving {
-            verdict = Verdict::KeepPrompting;
-            let age = churn.days_since_contract_change.map(|x| format!("the contract changed {x:.0} days ago")).unwrap_or_default();
-            summary = format!("The task is still moving ({age}, {changes_30d} contract/expected changes in 30 days): keep prompting until it settles.");
-            reasons.push(format!("{age}; stable means {stable_days:.0} days without a change and at most {} changes in 30 days", th.get("max_changes_30d")));
-            steps.push(step(format!("Keep iterating on prompts; the best now is {}@{} at {}", b.prompt, b.provider, pct(b.pass_rate)), Some(format!("tunegate eval{c_arg}"))));
-            steps.push(step(format!("Freeze labels and expected outputs, then ask again after {stable_days:.0} quiet days"), Some(format!("tunegate advise{c_arg}"))));
         } else {
             let good = b.pass_rate >= target;
             let plateau = !good && groups.iter().filter(|g| g.provider == b.provider).count() >= 2;
@@ -1575,6 +1639,18 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
         }
     }
 
+    if verdict != Verdict::FixData {
+        for (why, fix) in data_warnings {
+            reasons.push(format!("warning: {why}; too small to change the decision"));
+            steps.push(fix);
+        }
+    }
+    // A small eval set that can still be read: the verdict stands, its
+    // intervals are wide, and growing the set comes first.
+    if verdict != Verdict::BuildEvalFirst && d.eval_cases > 0 && (d.eval_cases as f64) < min_eval && (d.eval_cases as f64) >= min_readable {
+        reasons.push(format!("only {} eval cases: 95% intervals of ±{}; at {min_eval:.0} cases ±{}", d.eval_cases, pts(ready.eval_ci_half_width), pts(half_width(best.map(|b| b.pass_rate).unwrap_or(0.5), min_eval as usize))));
+        steps.insert(0, step(format!("Grow {eval_file} from {} to at least {min_eval:.0} labelled cases from real traffic: every number above is that uncertain", d.eval_cases), None));
+    }
     let mut notes = ev.notes.clone();
     if let Some(n) = &ev.churn.git_note {
         notes.push(n.clone());
