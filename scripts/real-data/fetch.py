@@ -21,9 +21,10 @@ The split is the one a user would make: exact duplicate rows (same input and
 expected output) are dropped, then the rows are shuffled with a fixed seed and
 cut into eval and examples. Nothing else is cleaned: look-alikes, near
 duplicates and conflicting labels that the source contains stay in, on
-purpose. For large catalogues (see `sample` below) a slice is drawn first, by
-whole groups (an ICD-10 category, an HS heading, a street), so that the slice
-keeps the density of look-alikes a user's own slice of such a catalogue has.
+purpose. For large catalogues (see `sample` below) the capped slice is drawn
+by groups (an ICD-10 category, an HS heading, a street; up to `per_group` rows
+from each group drawn), so that it keeps the density of look-alikes that a
+user's own slice of such a catalogue has, instead of thinning them out.
 """
 
 import argparse
@@ -528,15 +529,15 @@ DATASETS = [
          lookalikes="real hand-labelled addresses: many share a street or a city and differ in the number, "
          "unit or recipient; the same token is a StreetName in one and a PlaceName in another"),
     dict(name="linn-county-addresses", kind="extraction", build=build_linn_addresses, pkg="usaddress",
-         files="training/openaddress_us_ia_linn.xml", sample="group",
+         files="training/openaddress_us_ia_linn.xml", sample="group", per_group=25,
          noun="Address", description="Split an address of Linn County, Iowa (OpenAddresses) into its "
          "usaddress components.",
-         lookalikes="drawn by whole streets: dozens of addresses on one street that differ only in the "
-         "house number or unit (near duplicates with different expected outputs)"),
+         lookalikes="drawn by streets (up to 25 addresses from each street drawn): addresses on one street "
+         "that differ only in the house number or unit (near duplicates with different expected outputs)"),
     dict(name="name-or-company", kind="classification", build=build_name_or_company, pkg="probablepeople",
          files="name_data/labeled/person_labeled.xml, company_labeled.xml", labels=["person", "company"],
-         noun="Name", description="Tell whether a name (from US campaign-finance and other public records) "
-         "is a person's or a company's.",
+         noun="Name", description="Tell whether a name (as found in public records, hand-labelled by the "
+         "probablepeople authors) is a person's or a company's.",
          lookalikes="bare surnames and given names next to companies named after people "
          "(\"smith & sons\"), initials, legal-form suffixes"),
     dict(name="person-name-parts", kind="extraction", build=build_person_name_parts, pkg="probablepeople",
@@ -560,14 +561,15 @@ DATASETS = [
          files="package/data/{easy-ham-1,easy-ham-2,hard-ham-1,spam-1,spam-2}/*.json", labels=["spam", "ham"],
          noun="Subject", description="Tell whether an email is spam from its subject line (SpamAssassin "
          "public corpus, 2002).",
-         lookalikes="mailing-list threads (\"Re: [ILUG] ...\") repeat a subject; spam campaigns repeat a "
-         "subject with a different time stamp or number"),
+         lookalikes="mailing-list threads (\"Re: [ILUG] ...\") repeat a subject with a prefix changed; "
+         "spam campaigns repeat a subject with a different time stamp or amount"),
     dict(name="tweet-sentiment", kind="classification", build=build_tweet_sentiment, pkg="vadersentiment",
          files="additional_resources/hutto_ICWSM_2014.tar.gz: tweets_GroundTruth.txt",
          labels=["positive", "negative", "neutral"],
          noun="Tweet", description="Give the sentiment of a tweet (mean of 20 human ratings; >= 0.5 "
          "positive, <= -0.5 negative, else neutral).",
-         lookalikes="short texts; retweets and near copies, scores near the thresholds"),
+         lookalikes="short texts; near copies that differ in case or punctuation; ratings near the "
+         "thresholds"),
     dict(name="review-sentiment", kind="classification", build=build_review_sentiment, pkg="vadersentiment",
          files="additional_resources/hutto_ICWSM_2014.tar.gz: amazonReviewSnippets_GroundTruth.txt",
          labels=["positive", "negative", "neutral"],
@@ -586,24 +588,24 @@ DATASETS = [
          lookalikes="templated definitions (\"any of various ...\", \"a genus of ...\") that differ in one "
          "word; 25 overlapping categories"),
     dict(name="icd10cm-chapter", kind="classification", build=build_icd10cm_chapter, pkg="simple-icd-10-cm",
-         files="simple_icd_10_cm/data/icd10c-tabular-April-1-2026.xml", sample="group",
+         files="simple_icd_10_cm/data/icd10c-tabular-April-1-2026.xml", sample="group", per_group=15,
          labels=list(ICD_CHAPTERS.values()),
          noun="Diagnosis", description="Give the ICD-10-CM chapter of a diagnosis description.",
-         lookalikes="drawn by whole 3-character categories: left/right, initial/subsequent, displaced/"
+         lookalikes="drawn by 3-character categories (up to 15 codes from each): left/right, initial/subsequent, displaced/"
          "nondisplaced variants that differ in one or two words"),
     dict(name="hs-product-section", kind="classification", build=build_hs_product_section,
-         pkg="intrastat-hscodes", files="static/data/2023_en_intrastat_codes.csv", sample="group",
+         pkg="intrastat-hscodes", files="static/data/2023_en_intrastat_codes.csv", sample="group", per_group=15,
          labels=HS_LABELS,
          noun="Product", description="Give the Harmonized System section of a goods description from the "
          "EU Combined Nomenclature (customs product catalogue).",
-         lookalikes="drawn by whole 4-digit headings: catalogue lines that differ in a weight, width or "
+         lookalikes="drawn by 4-digit headings (up to 15 lines from each): catalogue lines that differ in a weight, width or "
          "percentage (\"of a weight > 80 kg but <= 160 kg\"), and many \"(excl. ...)\" lines"),
     dict(name="chatbot-topic", kind="classification", build=build_chatbot_topic, pkg="chatterbot-corpus",
          files="chatterbot_corpus/data/english/*.yml", labels=CHATTERBOT_LABELS,
          noun="Message", description="Give the topic file of the ChatterBot English corpus that a user "
          "utterance opens a conversation in.",
-         lookalikes="tech-support questions repeated with small changes; small topics of a handful of "
-         "lines next to one of ~1000 (imbalance)"),
+         lookalikes="short chit-chat questions (\"Are you sentient?\", \"Can you die\") that fit several "
+         "topics; the same question in two files; 2 to 260 rows a topic (imbalance). The weakest set"),
 ]
 
 # ---------------------------------------------------------------------------
@@ -632,11 +634,15 @@ def select_and_split(rows, ds, seed, eval_cap, ex_cap):
                 groups.setdefault(r[3], []).append(r)
             keys = sorted(groups)
             rng.shuffle(keys)
+            per = ds.get("per_group")
             chosen = []
             for k in keys:
                 if len(chosen) >= total_cap:
                     break
-                chosen.extend(groups[k][: total_cap - len(chosen)])
+                g = groups[k]
+                if per and len(g) > per:
+                    g = rng.sample(g, per)
+                chosen.extend(g[: total_cap - len(chosen)])
             rows = chosen
         else:
             rows = rng.sample(rows, total_cap)
