@@ -36,6 +36,10 @@ pub struct ReviewArgs {
     /// Who is reviewing (stored with each verdict); default $USER.
     #[arg(long)]
     pub reviewer: Option<String>,
+    /// Seed of a new session's hidden order (default: random): for a
+    /// reproducible session; the reviewer still cannot tell A from B.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// Start a new session instead of resuming the latest for these two sides.
     #[arg(long)]
     pub new: bool,
@@ -97,7 +101,7 @@ pub fn run(a: ReviewArgs) -> Result<ExitCode> {
             }
             // The seed only hides the order; it need not be reproducible
             // across sessions, only within one (it is stored).
-            let s = ReviewSession { id: format!("rev-{}", Store::new_run_id()), side_a: la.clone(), side_b: lb.clone(), seed: rand::random::<u64>() >> 1, created_at: tunegate_store::now() };
+            let s = ReviewSession { id: format!("rev-{}", Store::new_run_id()), side_a: la.clone(), side_b: lb.clone(), seed: a.seed.unwrap_or_else(|| rand::random::<u64>()) >> 1, created_at: tunegate_store::now() };
             store.create_review_session(&s)?;
             s
         }

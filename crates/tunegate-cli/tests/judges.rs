@@ -392,7 +392,7 @@ fn side_by_side_review_in_a_terminal() {
     task(dir.path(), 6, "");
     let run = eval(dir.path());
     let (a, b) = (format!("{run}:alpha@echo"), format!("{run}:beta@echo"));
-    let mut t = tui::Term::start(dir.path(), &["review", &a, &b, "--reviewer", "ana"]);
+    let mut t = tui::Term::start(dir.path(), &["review", &a, &b, "--reviewer", "ana", "--seed", "1"]);
     t.wait_for(&["Case 1 of 6", "(line 1)", " 1 ", " 2 ", "1 / 2 better"]);
     assert!(!t.contents().contains("alpha@echo") && !t.contents().contains("beta@echo"), "the sides are named on screen");
     let mut cols = vec![];

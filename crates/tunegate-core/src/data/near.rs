@@ -61,6 +61,39 @@ pub fn normalize_text(s: &str) -> String {
     out
 }
 
+/// Comparison signs, kept as words when deciding whether two inputs are the
+/// same case: in a catalogue "packings of <= 1 kg" and "> 1 kg" are two
+/// products, though their words are the same.
+const SIGNS: &[char] = &['<', '>', '=', '≤', '≥'];
+
+/// [`normalize_text`] that keeps runs of comparison signs as words: the text
+/// that decides what is the same case (exact groups, [`same_case`]).
+pub fn case_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev = ' '; // ' ' separator, 'a' word, '<' signs
+    for c in s.chars() {
+        let kind = if c.is_alphanumeric() {
+            'a'
+        } else if SIGNS.contains(&c) {
+            '<'
+        } else {
+            ' '
+        };
+        if kind != ' ' {
+            if kind != prev && !out.is_empty() {
+                out.push(' ');
+            }
+            if kind == 'a' {
+                out.extend(c.to_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        prev = kind;
+    }
+    out
+}
+
 /// FNV-1a: a fixed, dependency-free 64-bit hash (std's hasher is allowed to
 /// change between Rust releases, which would change results).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -244,7 +277,7 @@ fn is_typo(x: &str, y: &str) -> bool {
 /// rule; `answer` holds the normalised tokens of both cases' expected
 /// outputs.
 pub fn same_case(a: &str, b: &str, answer: &HashSet<String>) -> bool {
-    let (na, nb) = (normalize_text(a), normalize_text(b));
+    let (na, nb) = (case_text(a), case_text(b));
     if na == nb {
         return true;
     }
@@ -283,7 +316,7 @@ pub fn same_case(a: &str, b: &str, answer: &HashSet<String>) -> bool {
         return false;
     }
     let names: HashSet<String> = name_tokens(a).into_iter().chain(name_tokens(b)).collect();
-    only_a.iter().chain(&only_b).all(|t| !t.chars().any(|c| c.is_ascii_digit()) && !answer.contains(t) && !names.contains(t))
+    only_a.iter().chain(&only_b).all(|t| t.chars().any(char::is_alphabetic) && !t.chars().any(|c| c.is_ascii_digit()) && !answer.contains(t) && !names.contains(t))
 }
 
 /// The normalised tokens of a text, as a set (for [`same_case`]'s `answer`).
@@ -326,7 +359,7 @@ impl Similarity {
         let mut norms: Vec<String> = vec![];
         for (i, t) in texts.iter().enumerate() {
             let n = normalize_text(t);
-            let key = if n.is_empty() { format!("\u{0}raw:{}", t.trim()) } else { n.clone() };
+            let key = if n.is_empty() { format!("\u{0}raw:{}", t.trim()) } else { case_text(t) };
             let g = *key_to_group.entry(key).or_insert_with(|| {
                 groups.push(vec![]);
                 norms.push(n);
@@ -479,6 +512,8 @@ mod tests {
             // One question template over different products.
             ("How much does Plan-D4 cost per month?", "How much does Plan-G1 cost per month?"),
             ("How much does the kitchen blender cost per month?", "How much does the kitchen toaster cost per month?"),
+            // A catalogue: the same words, another range.
+            ("Coconut oil fractions, in immediate packings of <= 1 kg", "Coconut oil fractions, in immediate packings of > 1 kg"),
             // The same sentence about different people.
             ("Alice Smith moved to Denver last spring with her family", "Maria Lopez moved to Denver last spring with her family"),
             ("The refund was sent to Alice on Monday morning", "The refund was sent to Maria on Monday morning"),
