@@ -273,19 +273,14 @@ fn export_cmd(a: ExportArgs) -> Result<ExitCode> {
     // What tuning trains on: without the examples that are eval cases, the
     // repeats and the conflicts (or, strict, a refusal when an eval case leaks).
     let strict = a.strict || tune.as_ref().and_then(|t| t.strict).unwrap_or(false);
-    let cases = if strict {
-        let sel = training_selection(&task, &input, &cases).map_err(data_err)?;
-        if sel.left_out.values().any(|why| why.starts_with("the same case as eval")) {
-            return Err(usage(format!("{}: eval cases are among the examples and --strict refuses to export them (see `tunegate data check`)", input.display())));
-        }
-        cases
-    } else {
-        let sel = training_selection(&task, &input, &cases).map_err(data_err)?;
-        if let Some(s) = sel.summary(&input) {
-            eprintln!("note: {s}");
-        }
-        cases.into_iter().filter(|c| sel.keeps(c.line)).collect()
-    };
+    let sel = training_selection(&task, &input, &cases).map_err(data_err)?;
+    if strict && sel.left_out.values().any(|why| why.starts_with("the same case as eval")) {
+        return Err(usage(format!("{}: eval cases are among the examples and --strict refuses to export them (see `tunegate data check`)", input.display())));
+    }
+    if let Some(s) = sel.summary(&input).filter(|_| !strict) {
+        eprintln!("note: {s}");
+    }
+    let cases: Vec<_> = cases.into_iter().filter(|c| strict || sel.keeps(c.line)).collect();
     let examples = export::render_examples(&task, &cases, &input).map_err(data_err)?;
     let target = a.model.clone().or_else(|| tune.as_ref().map(|t| t.base.clone())).unwrap_or_default();
     let base_model = if format == ExportFormat::Axolotl {

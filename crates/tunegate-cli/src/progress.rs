@@ -59,10 +59,6 @@ impl TrainProgress {
     }
 }
 
-fn pcts(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" -> ")
-}
-
 impl TrainSink for TrainProgress {
     fn event(&mut self, e: &TrainEvent<'_>) {
         match e {
@@ -91,7 +87,7 @@ impl TrainSink for TrainProgress {
             }
             TrainEvent::Finished(f) => {
                 self.bar.finish_and_clear();
-                let rates = if f.validation_pass_rates.is_empty() { String::new() } else { format!(", pass rate {}", pcts(f.validation_pass_rates)) };
+                let rates = if f.validation_pass_rates.is_empty() { String::new() } else { format!(", pass rate {}", f.validation_pass_rates.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" -> ")) };
                 eprintln!(
                     "trained {} steps in {:.0}s ({:.0} tok/s); loss {:.3} -> {:.3}; validation loss {}{rates}; kept epoch {}; adapter: {}",
                     f.steps,
