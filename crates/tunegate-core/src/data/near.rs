@@ -264,13 +264,19 @@ fn edit_distance(a: &str, b: &str, max: usize) -> usize {
     d[a.len()][b.len()]
 }
 
-/// A misspelling of the same word: letters only, at least 4 of them, one
-/// edit apart (two from 8 letters on).
+/// A misspelling of the same word: letters only, at least 4 of them, the
+/// same first letter, one edit apart (two from 8 letters on), and neither
+/// word inside the other (`bleached` / `unbleached` is a prefix, not a typo).
 fn is_typo(x: &str, y: &str) -> bool {
     let n = x.chars().count().min(y.chars().count());
     let letters = |s: &str| s.chars().all(char::is_alphabetic);
-    n >= 4 && letters(x) && letters(y) && edit_distance(x, y, 2) <= if n >= 8 { 2 } else { 1 }
+    n >= 4 && letters(x) && letters(y) && x.chars().next() == y.chars().next() && !x.contains(y) && !y.contains(x) && edit_distance(x, y, 2) <= if n >= 8 { 2 } else { 1 }
 }
+
+/// Words that turn a statement into its opposite or carve out an
+/// exception: added or dropped, they change the case ("made up" / "not made
+/// up", "(excl. ...)").
+const NEGATIONS: &[&str] = &["not", "no", "non", "never", "nor", "neither", "without", "except", "excl", "excluding", "excludes", "other", "unspecified"];
 
 /// Whether two texts (raw, as written) are the same case: the words that
 /// differ between them only change the form. See the module docs for the
@@ -316,7 +322,7 @@ pub fn same_case(a: &str, b: &str, answer: &HashSet<String>) -> bool {
         return false;
     }
     let names: HashSet<String> = name_tokens(a).into_iter().chain(name_tokens(b)).collect();
-    only_a.iter().chain(&only_b).all(|t| t.chars().any(char::is_alphabetic) && !t.chars().any(|c| c.is_ascii_digit()) && !answer.contains(t) && !names.contains(t))
+    only_a.iter().chain(&only_b).all(|t| t.chars().any(char::is_alphabetic) && !t.chars().any(|c| c.is_ascii_digit()) && !answer.contains(t) && !names.contains(t) && !NEGATIONS.contains(&t.as_str()))
 }
 
 /// The normalised tokens of a text, as a set (for [`same_case`]'s `answer`).
@@ -514,6 +520,8 @@ mod tests {
             ("How much does the kitchen blender cost per month?", "How much does the kitchen toaster cost per month?"),
             // A catalogue: the same words, another range.
             ("Coconut oil fractions, in immediate packings of <= 1 kg", "Coconut oil fractions, in immediate packings of > 1 kg"),
+            ("Woven fabrics of cotton, in three-thread or four-thread twill, bleached", "Woven fabrics of cotton, in three-thread or four-thread twill, unbleached"),
+            ("Carpets of knotted pile construction, made up, of wool or fine animal hair", "Carpets of knotted pile construction, not made up, of wool or fine animal hair"),
             // The same sentence about different people.
             ("Alice Smith moved to Denver last spring with her family", "Maria Lopez moved to Denver last spring with her family"),
             ("The refund was sent to Alice on Monday morning", "The refund was sent to Maria on Monday morning"),
@@ -544,7 +552,7 @@ mod tests {
             assert!(pair_clusters(a, b, &["shipping"]), "{a:?} vs {b:?}");
         }
         assert_eq!(edit_distance("charged", "chraged", 2), 1);
-        assert!(!is_typo("d4", "g1") && !is_typo("blender", "toaster") && is_typo("package", "pakage"));
+        assert!(!is_typo("d4", "g1") && !is_typo("blender", "toaster") && is_typo("package", "pakage") && !is_typo("bleached", "unbleached"));
     }
 
     #[test]
