@@ -50,7 +50,7 @@ fn planted(dir: &Path) -> Task {
         line("Please cancel the duplicate payment on my credit card statement", "billing"),
         line("please cancel the duplicate payment on my credit card statement!", "billing"),
         line("The dishwasher shows error code E24 and will not drain any water at all after the cycle", "technical"),
-        line("The dishwasher shows error code E24 and will not drain any water at all after the wash cycle", "technical"),
+        line("The dishwasher shows error code E24 and will not drain any water at all after the cycle really", "technical"),
         line("Where can I download a copy of my latest receipt", "billing"),
         line("where can i download a copy of my latest receipt?", "technical"),
         line("I would like to speak with someone about a partnership", "sales"),
