@@ -149,23 +149,8 @@ fn split(a: SplitArgs) -> Result<ExitCode> {
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
     // Counts per label per side.
-    let mut labels: Vec<String> = vec![];
-    for s in &result.sides {
-        for l in &s.labels {
-            if !labels.contains(&l.label) {
-                labels.push(l.label.clone());
-            }
-        }
-    }
     let header: Vec<&str> = std::iter::once("label").chain(result.sides.iter().map(|s| s.name.as_str())).collect();
-    let mut rows: Vec<Vec<String>> = labels
-        .iter()
-        .map(|l| {
-            std::iter::once(l.clone())
-                .chain(result.sides.iter().map(|s| s.labels.iter().find(|x| &x.label == l).map(|x| x.count).unwrap_or(0).to_string()))
-                .collect()
-        })
-        .collect();
+    let mut rows = tunegate_core::report::label_rows(&result.sides.iter().map(|s| s.labels.as_slice()).collect::<Vec<_>>());
     rows.push(std::iter::once("total".to_string()).chain(result.sides.iter().map(|s| s.lines.len().to_string())).collect());
     println!("split {} (seed {}, {} near-duplicate cluster(s) kept whole):\n", tunegate_core::report::show_path(&task.examples_path().unwrap_or_default()), a.seed, result.multi_clusters);
     print!("{}", table(&header, &rows));

@@ -286,22 +286,21 @@ fn init_then_eval_still_asks_for_a_bigger_eval_set() {
 
 #[test]
 fn a_small_eval_set_widens_the_intervals_and_comes_first_but_decides_only_when_unreadable() {
+    let advise_on = |n: usize| {
+        let fx = Fx::new();
+        let eval = cases("ev", n, 1);
+        fx.task(&format!("{BARE}{INSTRUCTED}"), 50_000, (0.15, 0.6), true, "").write("data/eval.jsonl", &jsonl(&eval)).write("data/examples.jsonl", &jsonl(&cases("ex", 200, 2)));
+        fx.run(&eval, &[("bare", &rate(5)), ("instructed", &rate(10))], 1, 40);
+        fx.advise()
+    };
     // 30 cases can still be read: the verdict stands on the rest of the
     // evidence, the intervals are said to be wide, growing the set is step 1.
-    let fx = Fx::new();
-    let eval = cases("ev", 30, 1);
-    fx.task(&format!("{BARE}{INSTRUCTED}"), 50_000, (0.15, 0.6), true, "").write("data/eval.jsonl", &jsonl(&eval)).write("data/examples.jsonl", &jsonl(&cases("ex", 200, 2)));
-    fx.run(&eval, &[("bare", &rate(5)), ("instructed", &rate(10))], 1, 40);
-    let (v, text) = fx.advise();
+    let (v, text) = advise_on(30);
     assert_ne!(v["verdict"], "BUILD_EVAL_FIRST", "{text}");
     assert!(text.contains("only 30 eval cases") && v["next_steps"][0]["text"].as_str().unwrap().contains("from 30 to at least 100"), "{text}");
     assert!(v["readiness"]["eval_ci_half_width"].as_f64().unwrap() > 0.1);
     // 12 cases say nothing: build the eval set first.
-    let fx = Fx::new();
-    let eval = cases("ev", 12, 1);
-    fx.task(&format!("{BARE}{INSTRUCTED}"), 50_000, (0.15, 0.6), true, "").write("data/eval.jsonl", &jsonl(&eval)).write("data/examples.jsonl", &jsonl(&cases("ex", 200, 2)));
-    fx.run(&eval, &[("bare", &rate(5)), ("instructed", &rate(10))], 1, 40);
-    let (v, text) = fx.advise();
+    let (v, text) = advise_on(12);
     assert_eq!(v["verdict"], "BUILD_EVAL_FIRST", "{text}");
     assert!(text.contains("12 eval cases") && text.contains("Add 88 labelled cases"), "{text}");
 }

@@ -1,7 +1,7 @@
 //! Plain-text layout shared by every report: aligned tables, paths as a
 //! user types them, the names of data files' roles.
 
-use crate::data::check::Role;
+use crate::data::check::{LabelCount, Role};
 use std::path::Path;
 
 /// Renders rows as a left-aligned text table with a header rule.
@@ -37,4 +37,21 @@ pub fn role_name(r: Role) -> &'static str {
         Role::Examples => "examples",
         Role::Eval => "eval",
     }
+}
+
+/// Rows of a label-count table, one column per list (e.g. per data file or
+/// split side): labels in order of first appearance, 0 where a list lacks one.
+pub fn label_rows(columns: &[&[LabelCount]]) -> Vec<Vec<String>> {
+    let mut labels: Vec<&str> = vec![];
+    for c in columns {
+        for l in c.iter() {
+            if !labels.contains(&l.label.as_str()) {
+                labels.push(&l.label);
+            }
+        }
+    }
+    labels
+        .iter()
+        .map(|l| std::iter::once(l.to_string()).chain(columns.iter().map(|c| c.iter().find(|x| x.label == *l).map(|x| x.count).unwrap_or(0).to_string())).collect())
+        .collect()
 }

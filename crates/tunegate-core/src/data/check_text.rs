@@ -3,7 +3,7 @@
 
 use crate::data::check::CheckReport;
 use crate::data::{Distribution, FindingKind};
-use crate::report::{role_name, show_path, table};
+use crate::report::{label_rows, role_name, show_path, table};
 
 fn dist_text(d: &Distribution) -> String {
     format!("{:.0} / {:.1} / {:.0} / {:.0}", d.min, d.mean, d.p90, d.max)
@@ -21,23 +21,8 @@ impl CheckReport {
         }
         if r.files.iter().any(|f| !f.labels.is_empty()) {
             s.push('\n');
-            let mut labels: Vec<String> = vec![];
-            for f in &r.files {
-                for l in &f.labels {
-                    if !labels.contains(&l.label) {
-                        labels.push(l.label.clone());
-                    }
-                }
-            }
             let header: Vec<&str> = std::iter::once("label").chain(r.files.iter().map(|f| role_name(f.role))).collect();
-            let rows: Vec<Vec<String>> = labels
-                .iter()
-                .map(|l| {
-                    std::iter::once(l.clone())
-                        .chain(r.files.iter().map(|f| f.labels.iter().find(|x| &x.label == l).map(|x| x.count).unwrap_or(0).to_string()))
-                        .collect()
-                })
-                .collect();
+            let rows = label_rows(&r.files.iter().map(|f| f.labels.as_slice()).collect::<Vec<_>>());
             s.push_str(&table(&header, &rows));
         }
         if let Some(t) = &r.tokenizer {
