@@ -148,6 +148,8 @@ fn bad_files_give_one_line_errors_and_exit_2() {
         case("missing api key", &g.replace("id: echo", "id: openai:gpt-4o-mini"), vec![], vec!["tunegate.yaml", "OPENAI_API_KEY"]),
         case("unknown epoch selection", &format!("{g}tune:\n  base: local:gemma-3-270m\n  prompt: bare\n  select_by: accuracy\n"), vec![], vec!["tunegate.yaml:18", "tune.select_by", "unknown value `accuracy`"]),
         case("zero gradient accumulation", &format!("{g}tune:\n  base: local:gemma-3-270m\n  prompt: bare\n  grad_accum: 0\n"), vec![], vec!["tunegate.yaml:18", "tune.grad_accum", "at least 1"]),
+        case("negative learning rate", &format!("{g}tune:\n  base: local:gemma-3-270m\n  prompt: bare\n  learning_rate: -0.01\n"), vec![], vec!["tunegate.yaml:18", "tune.learning_rate", "positive"]),
+        case("zero lora rank", &format!("{g}tune:\n  base: local:gemma-3-270m\n  prompt: bare\n  lora:\n    rank: 0\n"), vec![], vec!["tunegate.yaml:19", "tune.lora.rank", "at least 1"]),
         case("unknown lr schedule", &format!("{g}tune:\n  base: local:gemma-3-270m\n  prompt: bare\n  lr_schedule: exponential\n"), vec![], vec!["tunegate.yaml:18", "tune.lr_schedule", "unknown schedule"]),
         case("not a classification target", &g.replace("kind: classification", "kind: extraction").replace("  labels: [billing, technical]\n", "").replace("type: label", "type: fields"), vec![], vec!["eval.jsonl:1", "expected", "JSON object"]),
     ];
