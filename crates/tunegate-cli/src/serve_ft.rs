@@ -143,12 +143,12 @@ pub async fn create(State(ft): State<Arc<FtState>>, headers: HeaderMap, body: ax
         return error(StatusCode::NOT_FOUND, "model_not_found", format!("this server fine-tunes `{}`, not `{model}`", ft.model_id));
     }
     let Some(tf) = v["training_file"].as_str() else { return bad("`training_file` is required") };
-    let Some((path, _, _)) = ft.files.lock().unwrap().get(tf).cloned() else { return bad(format!("no file `{tf}`")) };
     let hyper = v.get("hyperparameters").cloned().unwrap_or(json!({}));
     let settings = match settings_for(&hyper) {
         Ok(s) => s,
         Err(e) => return bad(e.to_string()),
     };
+    let Some((path, _, _)) = ft.files.lock().unwrap().get(tf).cloned() else { return bad(format!("no file `{tf}`")) };
     let suffix = v["suffix"].as_str().unwrap_or("tunegate").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect::<String>();
     let job = Arc::new(Job {
         id: ft.next("ftjob"),
