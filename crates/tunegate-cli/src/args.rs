@@ -150,8 +150,25 @@ pub const REPORT_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Json
 /// Reports that are a text or one JSON document.
 pub const TEXT_OR_JSON: &[Format] = &[Format::Text, Format::Json];
 
-/// A `--format` parser that accepts only `allowed`.
-pub fn formats(allowed: &'static [Format]) -> impl clap::builder::TypedValueParser<Value = Format> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(allowed.iter().filter_map(|f| f.to_possible_value())).map(|s| Format::from_str(&s, true).unwrap_or(Format::Text))
+/// A `--format` parser that accepts only `allowed` (and lists them in
+/// `--help` and in the error for any other value).
+pub fn formats(allowed: &'static [Format]) -> FormatParser {
+    FormatParser(allowed)
+}
+
+#[derive(Clone)]
+pub struct FormatParser(&'static [Format]);
+
+impl clap::builder::TypedValueParser for FormatParser {
+    type Value = Format;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<Format, clap::Error> {
+        let names = clap::builder::PossibleValuesParser::new(self.0.iter().filter_map(|f| f.to_possible_value()));
+        let s = names.parse_ref(cmd, arg, value)?;
+        Ok(Format::from_str(&s, true).unwrap_or(Format::Text))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.0.iter().filter_map(|f| f.to_possible_value())))
+    }
 }
