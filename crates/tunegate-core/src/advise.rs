@@ -894,7 +894,13 @@ fn classify(o: &Outcome, kind: &str, labels: &[String]) -> FailureClass {
     if kind != "classification" {
         if let (Some(exp), Some(prompt)) = (&o.expected, &o.prompt_text) {
             let p = prompt.to_lowercase();
-            let missing = fact_tokens(exp).into_iter().filter(|t| !p.contains(t.as_str()) && !low.contains(t.as_str())).count();
+            // The facts of an extraction target are its values, not its keys
+            // (`AddressNumber` is never in the prompt and no fact is missing).
+            let values = match serde_json::from_str::<Value>(exp) {
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => crate::dataset::value_words(&v),
+                _ => exp.clone(),
+            };
+            let missing = fact_tokens(&values).into_iter().filter(|t| !p.contains(t.as_str()) && !low.contains(t.as_str())).count();
             if missing > 0 {
                 return FailureClass::Knowledge;
             }

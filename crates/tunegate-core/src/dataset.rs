@@ -48,20 +48,24 @@ impl Case {
     /// the keys) of an extraction target, joined by spaces. Near-duplicate
     /// detection uses it to tell a word that carries the answer.
     pub fn answer_text(&self) -> String {
-        fn leaves(v: &Value, out: &mut Vec<String>) {
-            match v {
-                Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
-                Value::Array(a) => a.iter().for_each(|x| leaves(x, out)),
-                Value::Null => {}
-                other => out.push(value_text(other)),
-            }
-        }
-        let mut out = vec![];
-        if let Some(e) = &self.expected {
-            leaves(e, &mut out);
-        }
-        out.join(" ")
+        self.expected.as_ref().map(value_words).unwrap_or_default()
     }
+}
+
+/// The values (not the keys) of a JSON value, joined by spaces: the words
+/// an extraction target or a label actually says.
+pub fn value_words(v: &Value) -> String {
+    fn leaves(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
+            Value::Array(a) => a.iter().for_each(|x| leaves(x, out)),
+            Value::Null => {}
+            other => out.push(value_text(other)),
+        }
+    }
+    let mut out = vec![];
+    leaves(v, &mut out);
+    out.join(" ")
 }
 
 pub fn value_text(v: &Value) -> String {
