@@ -63,11 +63,13 @@ def main():
         safetensors.torch.save_model(model, os.path.join(cache, "model.safetensors"))
     load_s = time.perf_counter() - t0
     model.config.use_cache = False
+    d = json.load(open(a.data))
+    # The dump names tunegate's LoRA shape; the flags serve older dumps.
+    a.rank, a.targets = d.get("rank", a.rank), d.get("targets", a.targets)
     targets = [MODULES[t.strip()] for t in a.targets.split(",") if t.strip()]
     pm = peft.get_peft_model(model, peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, target_modules=targets))
     pm.train()
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-4)
-    d = json.load(open(a.data))
     B, L, lf = d["batch"], d["seq_len"], d["loss_from"]
     ex = torch.tensor(d["examples"], dtype=torch.long)
     if ex.shape[0] < B * (a.steps + 1):

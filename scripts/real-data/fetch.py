@@ -323,6 +323,17 @@ def build_person_name_parts(cache):
     return rows
 
 
+def build_person_name_reorder(cache):
+    """A rewrite: a person's name as found in the records, written as
+    "Surname, GivenName" from the hand-labelled parts (titles, initials,
+    middle names, suffixes and nicknames dropped)."""
+    rows = []
+    for sid, text, fields in _people(cache)["person"]:
+        if text and "And" not in fields and fields.get("Surname") and fields.get("GivenName"):
+            rows.append((sid, text, f"{fields['Surname']}, {fields['GivenName']}", None))
+    return rows
+
+
 def build_first_name_gender(cache):
     ar = Archive(fetch("gender-guesser", cache))
     data = ar.text(ar.one(r"gender_guesser/data/nam_dict\.txt$"))
@@ -546,6 +557,12 @@ DATASETS = [
          "prefixes, suffixes, nickname).",
          lookalikes="one-token names that are a GivenName in one row and a Surname in another "
          "(\"MICHAEL\"); upper- and mixed-case variants"),
+    dict(name="person-name-reorder", kind="rewrite", build=build_person_name_reorder, pkg="probablepeople",
+         files="name_data/labeled/person_labeled.xml",
+         noun="Name", description="Rewrite a person's name as \"Surname, GivenName\", dropping titles, "
+         "initials, middle names, suffixes and nicknames; keep the spelling and case of the input.",
+         lookalikes="names already in \"SURNAME, GIVEN\" order next to \"Given Surname\" ones; middle names "
+         "and initials in either place; the same surname with different given names"),
     dict(name="first-name-gender", kind="classification", build=build_first_name_gender, pkg="gender-guesser",
          files="gender_guesser/data/nam_dict.txt",
          labels=["male", "female", "mostly_male", "mostly_female", "unisex"],
@@ -669,6 +686,9 @@ def write_task(ds, out_dir, eval_rows, ex_rows, n_source, pkg):
         labels = ds["labels"]
         bare = f"{noun}: {{{{ input }}}}\nLabel:"
         system = (f"{ds['description']} Answer with exactly one of: {', '.join(labels)}.")
+    elif ds["kind"] == "rewrite":
+        bare = f"{noun}: {{{{ input }}}}\nRewritten:"
+        system = f"{ds['description']} Answer with the rewritten text only."
     else:
         fields = sorted({k for r in eval_rows + ex_rows for k in r[2]})
         bare = f"{noun}: {{{{ input }}}}\nJSON:"
@@ -692,6 +712,9 @@ def write_task(ds, out_dir, eval_rows, ex_rows, n_source, pkg):
     y.append(f"    template: {yq(bare)}")
     y.append("providers:")
     y.append("  - id: echo")
+    if ds["kind"] == "rewrite":
+        y.append("assert:")
+        y.append("  - type: equals")
     y.append("data:")
     y.append("  eval: data/eval.jsonl")
     y.append("  examples: data/examples.jsonl")

@@ -322,7 +322,7 @@ fn tune_bench(a: TuneBenchArgs) -> Result<ExitCode> {
         // batches are ours and its first loss (the untrained base, B = 0)
         // must equal ours: a check of both forward passes.
         let order = tunegate_model::train::epoch_order(examples.len(), 0, 0);
-        let data = json!({"seq_len": a.seq_len, "batch": a.batch, "loss_from": loss_from, "examples": order.iter().map(|&i| &examples[i].tokens).collect::<Vec<_>>()});
+        let data = json!({"seq_len": a.seq_len, "batch": a.batch, "rank": a.rank, "targets": a.targets, "loss_from": loss_from, "examples": order.iter().map(|&i| &examples[i].tokens).collect::<Vec<_>>()});
         std::fs::write(p, data.to_string())?;
     }
     let targets: Vec<String> = a.targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();

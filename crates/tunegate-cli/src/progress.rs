@@ -63,12 +63,7 @@ impl TrainSink for TrainProgress {
     fn event(&mut self, e: &TrainEvent<'_>) {
         match e {
             TrainEvent::Plan(p) => {
-                let s = p.settings;
-                let accum = if s.grad_accum > 1 { format!(" x {} accumulated", s.grad_accum) } else { String::new() };
-                self.line(format!(
-                    "LoRA r={} alpha={} on {:?}: {} training / {} validation examples, {} epochs, batch {}{accum}, lr {} ({}), seed {}",
-                    s.lora.rank, s.lora.alpha, s.lora.targets, p.train_examples, p.validation_examples, s.epochs, s.batch_size, p.learning_rate, s.lr_schedule, s.seed
-                ));
+                self.line(p.describe());
                 self.bar.set_length(p.total_steps as u64);
                 self.bar.set_position(p.done_steps as u64);
             }
@@ -87,19 +82,10 @@ impl TrainSink for TrainProgress {
             }
             TrainEvent::Finished(f) => {
                 self.bar.finish_and_clear();
-                let rates = if f.validation_pass_rates.is_empty() { String::new() } else { format!(", pass rate {}", f.validation_pass_rates.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" -> ")) };
-                eprintln!(
-                    "trained {} steps in {:.0}s ({:.0} tok/s); loss {:.3} -> {:.3}; validation loss {}{rates}; kept epoch {}; adapter: {}",
-                    f.steps,
-                    f.seconds,
-                    f.tokens_per_second,
-                    f.first_loss.unwrap_or(0.0),
-                    f.final_loss.unwrap_or(0.0),
-                    f.validation_losses.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" -> "),
-                    f.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "last".into()),
-                    f.adapter.display()
-                );
+                eprintln!("{}", f.describe());
             }
+            TrainEvent::Trial { trial, of, change } => self.line(format!("search: trial {trial} of {of} ({change})")),
+            TrainEvent::Searched { table, chosen, recipe } => self.line(format!("search: trials on the validation set (never the eval set)\n{table}kept trial {chosen}: {recipe}")),
         }
     }
 }

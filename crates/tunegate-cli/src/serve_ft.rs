@@ -188,7 +188,7 @@ fn settings_for(hyper: &Value) -> Result<Settings, tunegate_tune::TuneError> {
     Settings::from_overrides(&Overrides {
         epochs: whole("n_epochs"),
         batch_size: whole("batch_size"),
-        learning_rate: n("learning_rate_multiplier").map(|m| tunegate_tune::settings::DEFAULTS.learning_rate * m),
+        learning_rate: n("learning_rate_multiplier").map(|m| tunegate_tune::settings::Recipe::for_kind(None).learning_rate * m),
         prefix: "hyperparameters.",
         ..Default::default()
     })

@@ -30,6 +30,10 @@ pub struct TuneArgs {
     /// uninterrupted run's.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "JOB")]
     pub resume: Option<String>,
+    /// Local: try N recipes around the task kind's (default 4, at most 8),
+    /// each scored on the validation set, and keep the best adapter.
+    #[arg(long, num_args = 0..=1, default_missing_value = "4", value_name = "N")]
+    pub search: Option<usize>,
     /// Threads for local training (default: tune.threads, else all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
@@ -94,8 +98,11 @@ pub fn run(a: TuneArgs) -> Result<ExitCode> {
     let task = a.task.load()?;
     let overrides = Overrides { backend: a.backend.clone(), threads: a.threads.map(usize::from), val_metric: Some(!a.no_val_metric), strict: a.strict.then_some(true), prefix: "--", ..Default::default() };
     let settings = Settings::for_task(&task, &overrides)?;
-    if settings.backend == Backend::Local || a.resume.is_some() {
-        let adapter = tunegate_tune::local::tune_task(&task, &settings, &store_path, a.resume.as_deref(), &mut TrainProgress::new())?;
+    if settings.backend == Backend::Local || a.resume.is_some() || a.search.is_some() {
+        let adapter = match a.search {
+            Some(n) => tunegate_tune::search::search_task(&task, &settings, n, &store_path, a.resume.as_deref(), &mut TrainProgress::new())?,
+            None => tunegate_tune::local::tune_task(&task, &settings, &store_path, a.resume.as_deref(), &mut TrainProgress::new())?,
+        };
         eprintln!("job {} recorded in {}", adapter.job_id, store_path.display());
         println!("evaluate it: add `- id: tuned:{}` under providers (with the prompt `{}`), then `tunegate eval`", adapter.job_id, settings.prompt.as_deref().unwrap_or(""));
         return Ok(ExitCode::SUCCESS);

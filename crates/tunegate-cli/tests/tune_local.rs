@@ -19,7 +19,7 @@ fn task(dir: &Path) {
     std::fs::write(dir.join("data/eval.jsonl"), "{\"input\": \"where is my order from last month\", \"expected\": \"shipping\"}\n").unwrap();
     std::fs::write(
         dir.join("tunegate.yaml"),
-        "version: 1\ntask:\n  name: t\n  kind: classification\n  labels: [billing, technical, account, shipping]\nprompts:\n  - id: bare\n    template: \"Message: {{ input }}\\nTeam:\"\nproviders:\n  - id: echo\ndata:\n  eval: data/eval.jsonl\n  examples: data/examples.jsonl\ntune:\n  base: local:gemma-3-270m\n  prompt: bare\n  lora: { rank: 4, alpha: 8, dropout: 0.1 }\n  epochs: 2\n  batch_size: 2\n  checkpoint_every: 1\n  seed: 3\n",
+        "version: 1\ntask:\n  name: t\n  kind: classification\n  labels: [billing, technical, account, shipping]\nprompts:\n  - id: bare\n    template: \"Message: {{ input }}\\nTeam:\"\nproviders:\n  - id: echo\ndata:\n  eval: data/eval.jsonl\n  examples: data/examples.jsonl\ntune:\n  base: local:gemma-3-270m\n  prompt: bare\n  lora: { rank: 4, alpha: 8, dropout: 0.1 }\n  epochs: 2\n  batch_size: 2\n  checkpoint_every: 1\n  seed: 3\n  select_by: loss\n",
     )
     .unwrap();
 }
@@ -125,4 +125,62 @@ fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     assert_eq!(&bytes[..4], b"GGUF");
     let o = Command::new(bin).args(["adapter", "export", "no-such-job"]).current_dir(b.path()).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `tune --search 2` as a user runs it, killed during its second trial and
+/// resumed: the finished trial is not trained again, the search ends with
+/// the same adapter as an uninterrupted search, the best trial's adapter is
+/// the job's, and the table and chosen recipe are stored with the job.
+#[test]
+fn a_search_keeps_the_best_trial_and_resumes_where_it_stopped() {
+    if !model_present() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_tunegate");
+    let a = tempfile::tempdir().unwrap();
+    task(a.path());
+    let o = Command::new(bin).args(["tune", "--search", "2"]).current_dir(a.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("search: trial 1 of 2 (recipe)") && err.contains("search: trial 2 of 2 (all linear r16)"), "{err}");
+    assert!(err.contains("val pass") && err.contains("kept trial"), "the table of trials: {err}");
+    let job = adapters(a.path())[0].clone();
+    let meta = String::from_utf8_lossy(&Command::new(bin).args(["tune", "--list"]).current_dir(a.path()).output().unwrap().stdout).to_string();
+    assert!(meta.contains("succeeded"), "{meta}");
+    // The job's adapter is the chosen trial's.
+    let kept: usize = err.split("kept trial ").nth(1).unwrap().split(':').next().unwrap().trim().parse().unwrap();
+    let full = tensors(&job.join("adapter_model.safetensors"));
+    assert_eq!(full, tensors(&job.join(format!("trials/{kept}/adapter_model.safetensors"))));
+    // The other target set: all seven modules in trial 2.
+    assert!(tensors(&job.join("trials/2/adapter_model.safetensors")).keys().any(|k| k.contains("mlp.down_proj")));
+    // The advisor shows the chosen recipe.
+    let adv = Command::new(bin).args(["advise"]).current_dir(a.path()).output().unwrap();
+    let adv = String::from_utf8_lossy(&adv.stdout);
+    assert!(adv.contains("chosen by a 2-trial search"), "{adv}");
+
+    // Killed during trial 2, then resumed.
+    let b = tempfile::tempdir().unwrap();
+    task(b.path());
+    let mut child = Command::new(bin).args(["tune", "--search", "2"]).current_dir(b.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let step = adapters(b.path()).first().and_then(|d| std::fs::read_to_string(d.join("trials/2/checkpoint/progress.json")).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["progress"]["step"].as_u64());
+        if step.unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(900), "the search made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = Command::new(bin).args(["tune", "--search", "2", "--resume"]).current_dir(b.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("trial 1/2 (recipe): done before") && !err.contains("search: trial 1 of 2"), "{err}");
+    assert!(err.contains("resuming job"), "{err}");
+    assert_eq!(full, tensors(&adapters(b.path())[0].join("adapter_model.safetensors")), "the resumed search kept another adapter");
+    // A plain resume of a search job is refused with the reason.
+    let o = Command::new(bin).args(["tune", "--search", "9"]).current_dir(b.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -132,6 +132,10 @@ pub fn text(a: &Advice, path: &Path) -> String {
     for n in &a.cost.notes {
         s.push_str(&wrap(n, "  - ", "    "));
     }
+    if let Some(t) = a.tuning.describe() {
+        s.push_str("\nTuning\n");
+        s.push_str(&wrap(&t, "  ", "  "));
+    }
     let f = &a.fragility;
     if !f.groups.is_empty() {
         s.push_str("\nPass rates and fragility\n");
@@ -286,6 +290,9 @@ pub fn markdown(a: &Advice, path: &Path) -> String {
                 t.break_even_months.map(|m| format!("{m:.1} months")).unwrap_or_else(|| "none".into())
             ));
         }
+    }
+    if let Some(t) = a.tuning.describe() {
+        s.push_str(&format!("\n## Tuning\n\n{t}.\n"));
     }
     if !a.fragility.groups.is_empty() {
         s.push_str("\n## Pass rates\n\n| prompt@provider | rate | 95% interval |\n|---|---:|---|\n");

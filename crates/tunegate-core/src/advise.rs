@@ -419,8 +419,48 @@ pub struct Evidence {
     pub lab: LabEvidence,
     /// Blind reviews by people and judge verdicts in the store.
     pub reviews: ReviewEvidence,
+    pub tuning: TuningFacts,
     /// What the CLI could not gather, and why.
     pub notes: Vec<String>,
+}
+
+/// What `tunegate tune` would train with, and what the latest local job for
+/// the task trained with: the recipe is part of the advice to tune.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TuningFacts {
+    /// The recipe a local `tunegate tune` would use now (the task kind's,
+    /// under the task file's `tune:`), in words.
+    pub recipe: Option<String>,
+    pub last_job: Option<TunedJobFacts>,
+}
+
+/// A finished local tuning job, as the advice shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TunedJobFacts {
+    pub id: String,
+    /// The recipe it trained with (the chosen trial's, after a search).
+    pub recipe: String,
+    /// The validation pass rate at the kept epoch.
+    pub validation_pass_rate: Option<f64>,
+    /// Trials of its `--search`, if it was one.
+    pub search_trials: Option<usize>,
+}
+
+impl TuningFacts {
+    /// One line for the advice's text.
+    pub fn describe(&self) -> Option<String> {
+        let job = self.last_job.as_ref().map(|j| {
+            let how = j.search_trials.map(|n| format!(", chosen by a {n}-trial search")).unwrap_or_default();
+            let pass = j.validation_pass_rate.map(|p| format!(", validation pass rate {}", pct(p))).unwrap_or_default();
+            format!("latest tuned job {}: {}{how}{pass}", j.id, j.recipe)
+        });
+        match (&self.recipe, job) {
+            (None, None) => None,
+            (Some(r), None) => Some(format!("tune would train {r} (`tune --search` tries variations on the validation set)")),
+            (None, Some(j)) => Some(j),
+            (Some(r), Some(j)) => Some(format!("tune would train {r}; {j}")),
+        }
+    }
 }
 
 /// `tunegate prompt minimize | sweep | vary` results, as stored with their runs.
@@ -712,6 +752,7 @@ pub struct Advice {
     pub churn: ChurnReport,
     pub next_steps: Vec<Step>,
     pub thresholds: Vec<ThresholdValue>,
+    pub tuning: TuningFacts,
     pub notes: Vec<String>,
 }
 
@@ -1621,7 +1662,8 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
                     verdict = Verdict::FineTune;
                     summary = format!("The task is stable, repeated and backed by {} clean examples, and prompting has hit its limits: fine-tune, keeping the short prompt `{kp_text}`{kp_tokens} on top.", d.clean_examples);
                     steps.push(step("Split the examples into train/validation without leakage".into(), Some(format!("tunegate data split{c_arg}"))));
-                    steps.push(step(format!("Fine-tune with `tune.prompt: {kp_text}` (the short prompt that still states the task)"), Some(format!("tunegate tune{c_arg}"))));
+                    let recipe = ev.tuning.recipe.as_ref().map(|r| format!("; recipe: {r}")).unwrap_or_default();
+                    steps.push(step(format!("Fine-tune with `tune.prompt: {kp_text}` (the short prompt that still states the task){recipe}"), Some(format!("tunegate tune{c_arg}"))));
                     steps.push(step(format!("Compare the tuned model with {}@{} on the same eval cases", b.prompt, b.provider), Some(format!("tunegate compare{c_arg} {} latest", ev.run.as_ref().map(|r| r.run_id.as_str()).unwrap_or("latest~1")))));
                 } else {
                     verdict = Verdict::ConsiderFineTuning;
@@ -1678,6 +1720,7 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
         churn,
         next_steps: steps,
         thresholds: th.report(),
+        tuning: ev.tuning.clone(),
         notes,
     })
 }

@@ -304,9 +304,9 @@ pub struct TuneSpec {
     pub checkpoint_every: Option<u32>,
     #[serde(default)]
     pub early_stopping_patience: Option<u32>,
-    /// What picks the best epoch and drives early stopping: `loss` (the
-    /// validation loss, the default) or `metric` (the share of validation
-    /// cases that pass the task's assertions; ties go to the lower loss).
+    /// What picks the best epoch and drives early stopping: `metric` (the
+    /// share of validation cases that pass the task's assertions; ties go to
+    /// the lower loss; the default) or `loss` (the validation loss).
     #[serde(default)]
     pub select_by: Option<String>,
     /// Recompute activations in the backward pass instead of keeping them:

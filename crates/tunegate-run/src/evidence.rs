@@ -190,8 +190,13 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
     let now = chrono::Utc::now().timestamp();
     let sp = store_path_for(path);
     let mut lab = advise::LabEvidence::default();
+    let mut tuning = advise::TuningFacts { recipe: tuning_recipe(task), last_job: None };
     let (run, store_revs, reviews) = if sp.exists() {
         let store = Store::open(&sp)?;
+        match tunegate_tune::jobs::latest_tuned(&store, &task.file.task.name) {
+            Ok(j) => tuning.last_job = j,
+            Err(e) => notes.push(format!("tuning jobs could not be read: {e}")),
+        }
         let run = run_evidence(&store, task, run_sel)?;
         let (m, s, v) = crate::lab::latest_reports(&store, &task.file.task.name)?;
         lab = advise::LabEvidence { minimize: m, sweep: s, vary: v };
@@ -213,8 +218,17 @@ pub fn gather(task: &Task, path: &Path, run_sel: Option<&str>) -> Result<Evidenc
         churn: ChurnEvidence { store: store_revs, git, git_note },
         lab,
         reviews,
+        tuning,
         notes,
     })
+}
+
+/// The recipe a local `tunegate tune` would train with: the task kind's,
+/// under the task file's `tune:` (or the kind's alone without one).
+fn tuning_recipe(task: &Task) -> Option<String> {
+    let o = tunegate_tune::Overrides::default();
+    let s = if task.file.tune.is_some() { tunegate_tune::Settings::for_task(task, &o).ok()? } else { tunegate_tune::Settings::for_kind(task.kind(), &o).ok()? };
+    (s.backend == tunegate_tune::Backend::Local).then(|| format!("{} ({} recipe)", s.recipe_text(), s.recipe))
 }
 
 /// People's reviews and judges' verdicts in the store, for the advisor.

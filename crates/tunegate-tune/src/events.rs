@@ -53,6 +53,55 @@ pub enum TrainEvent<'a> {
     /// An epoch ended and was validated (and the best adapter kept so far).
     Epoch(&'a EpochInfo),
     Finished(Finished<'a>),
+    /// A search's trial starts (1-based, of `of`).
+    Trial { trial: usize, of: usize, change: &'a str },
+    /// A search ended: its table of trials and the one kept.
+    Searched { table: String, chosen: usize, recipe: String },
+}
+
+impl Plan<'_> {
+    /// One line: the recipe and the run's shape.
+    pub fn describe(&self) -> String {
+        let s = self.settings;
+        let accum = if s.grad_accum > 1 { format!(" x {} accumulated", s.grad_accum) } else { String::new() };
+        let stop = s.early_stopping_patience.map(|p| format!(", early stop after {p} without progress")).unwrap_or_default();
+        format!(
+            "LoRA r={} alpha={} on {} ({} recipe): {} training / {} validation examples, up to {} epochs{stop}, best epoch by {}, batch {}{accum}, lr {} ({}), seed {}",
+            s.lora.rank,
+            s.lora.alpha,
+            s.lora.targets.join(","),
+            s.recipe,
+            self.train_examples,
+            self.validation_examples,
+            s.epochs,
+            if s.select_by == crate::SelectBy::Metric { "validation pass rate" } else { "validation loss" },
+            s.batch_size,
+            self.learning_rate,
+            s.lr_schedule,
+            s.seed
+        )
+    }
+}
+
+impl Finished<'_> {
+    /// One line: what training did and where the adapter is.
+    pub fn describe(&self) -> String {
+        let rates = if self.validation_pass_rates.is_empty() { String::new() } else { format!(", pass rate {}", self.validation_pass_rates.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" -> ")) };
+        let loss = match (self.first_loss, self.final_loss) {
+            (Some(a), Some(b)) => format!("; loss {a:.3} -> {b:.3}"),
+            (None, Some(b)) => format!("; final loss {b:.3}"),
+            _ => String::new(),
+        };
+        format!(
+            "trained {} steps in {:.0}s ({:.0} tok/s){loss}; validation loss {}{rates}; kept epoch {}; adapter: {}",
+            self.steps,
+            self.seconds,
+            self.tokens_per_second,
+            self.validation_losses.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" -> "),
+            self.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "last".into()),
+            self.adapter.display()
+        )
+    }
 }
 
 /// Receives a training run's events, in order.

@@ -82,3 +82,28 @@ pub fn adapter_of(store: &Store, id_or_model: &str) -> Result<TunedAdapter, Tune
         None => Err(TuneError::Usage(format!("job {} has no local adapter (backend {}, status {}); only local LoRA jobs have one", job.id, job.backend, job.status))),
     }
 }
+
+/// The latest finished local job of a task, as the advisor shows it: the
+/// recipe it trained with (a search's chosen trial) and its validation pass
+/// rate at the kept epoch.
+pub fn latest_tuned(store: &Store, task_name: &str) -> Result<Option<tunegate_core::advise::TunedJobFacts>, TuneError> {
+    let Some(job) = store.list_tune_jobs()?.into_iter().find(|j| j.backend == "local" && j.status == "succeeded" && j.task_name == task_name) else {
+        return Ok(None);
+    };
+    let m = &job.meta;
+    let recipe = match m["chosen_recipe"].as_str() {
+        Some(r) => r.to_string(),
+        None => {
+            let targets: Vec<String> = m["lora"]["targets"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect()).unwrap_or_default();
+            crate::settings::recipe_text(m["lora"]["rank"].as_u64().unwrap_or(0) as usize, m["lora"]["alpha"].as_f64().unwrap_or(0.0), &targets, m["learning_rate"].as_f64().unwrap_or(0.0), m["epochs"].as_u64().unwrap_or(0) as usize)
+        }
+    };
+    let rates = m["validation_pass_rates"].as_array();
+    let kept = m["best_epoch"].as_u64().map(|e| e as usize - 1).or(rates.map(|r| r.len()).and_then(|n| n.checked_sub(1)));
+    Ok(Some(tunegate_core::advise::TunedJobFacts {
+        id: job.id.clone(),
+        recipe,
+        validation_pass_rate: kept.and_then(|i| rates.and_then(|r| r.get(i)).and_then(|v| v.as_f64())),
+        search_trials: m["search"]["trials"].as_array().map(|t| t.len()),
+    }))
+}

@@ -5,8 +5,8 @@
 //! `tunegate quickstart` — goes through this crate, so "what does tune do with
 //! these settings?" has one answer:
 //!
-//! - [`settings`]: flags over the task file's `tune:` over one table of
-//!   defaults, resolved and checked once (file, line and field on errors).
+//! - [`settings`]: flags over the task file's `tune:` over the recipe of the
+//!   task's kind and one table of defaults, resolved and checked once (file, line and field on errors).
 //! - [`examples`]: task examples and chat JSONL become training examples by
 //!   one converter.
 //! - [`local`]: the only caller of the model crate's training loop; training
@@ -14,6 +14,8 @@
 //!   and the benchmark are three sinks of the same events).
 //! - [`metric`]: the per-epoch validation pass rate, computed through the
 //!   local provider's own answering path, so it is what `eval` would measure.
+//! - [`search`]: `tune --search`, a budgeted search over recipes scored on
+//!   the validation set.
 //! - [`remote`]: jobs on any OpenAI-compatible fine-tuning API.
 //! - [`jobs`]: job records in the store, with a typed adapter reference.
 
@@ -23,6 +25,7 @@ pub mod jobs;
 pub mod local;
 pub mod metric;
 pub mod remote;
+pub mod search;
 pub mod settings;
 
 pub use events::{NoSink, TrainEvent, TrainSink};

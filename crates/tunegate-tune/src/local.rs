@@ -140,112 +140,137 @@ pub fn train(model: &mut LoraModel, settings: &Settings, run: Run, sink: &mut dy
     Ok(Trained { log, progress, seconds: t0.elapsed().as_secs_f64(), tokens })
 }
 
-/// Trains a LoRA adapter for a task: `data.examples` rendered through
-/// `tune.prompt`, validated on `data.validation` or 10% of the examples held
-/// back by the seed (never the eval set, which must stay untouched for the
-/// before/after comparison). The job is recorded before training starts;
-/// `resume` (a job id or `latest`) continues one from its checkpoint, with
-/// the same result as an uninterrupted run.
-pub fn tune_task(task: &Task, settings: &Settings, store_path: &Path, resume: Option<&str>, sink: &mut dyn TrainSink) -> Result<TunedAdapter, TuneError> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let model_path = model_path(settings)?;
-    let examples_path = examples_path(task)?;
-    let cases = training_cases(task, &examples_path, settings.strict, &mut |n| sink.event(&TrainEvent::Note(n)))?;
-    if let Some(note) = apply_threads(settings.threads) {
-        sink.event(&TrainEvent::Note(note));
-    }
-    let bad_model = |e: String| TuneError::Io(format!("{}: {e}", model_path.display()));
-    let gguf = tunegate_model::GgufFile::open(&model_path).map_err(|e| bad_model(e.to_string()))?;
-    let tok = tunegate_model::Tokenizer::from_gguf(&gguf).map_err(|e| bad_model(e.to_string()))?;
-    let mut skipped = 0;
-    // Each example with its prompt text and case: the validation metric
-    // generates from the one and scores against the other.
-    let mut encode = |rows: Vec<(Example, Case)>| -> Vec<(TrainExample, String, Case)> {
-        rows.into_iter()
-            .filter_map(|(e, case)| {
-                let ex = e.encode(&tok);
-                if ex.tokens.len() > settings.max_seq_len {
-                    skipped += 1;
-                    return None;
-                }
-                Some((ex, e.prompt, case))
-            })
-            .collect()
-    };
-    let mut train_rows = encode(render(task, &examples_path, cases)?);
-    let validation_rows = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
-        Some(p) => encode(render(task, &p, tunegate_core::load_cases(&p)?)?),
-        None => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(settings.seed);
-            train_rows.shuffle(&mut rng);
-            let n_val = (train_rows.len() / 10).max(1).min(train_rows.len().saturating_sub(1));
-            train_rows.split_off(train_rows.len() - n_val)
+/// A task's training data, encoded once: a search trains on it several
+/// times. `data.examples` rendered through `tune.prompt`, validated on
+/// `data.validation` or 10% of the examples held back by the seed (never the
+/// eval set, which must stay untouched for the before/after comparison).
+pub struct Prepared {
+    pub model_path: PathBuf,
+    pub train: Vec<TrainExample>,
+    pub validation: Vec<TrainExample>,
+    /// Each validation example's prompt text and case, for the metric.
+    metric_rows: Vec<(String, Case)>,
+}
+
+impl Prepared {
+    pub fn new(task: &Task, settings: &Settings, sink: &mut dyn TrainSink) -> Result<Prepared, TuneError> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let model_path = model_path(settings)?;
+        let examples_path = examples_path(task)?;
+        let cases = training_cases(task, &examples_path, settings.strict, &mut |n| sink.event(&TrainEvent::Note(n)))?;
+        if let Some(note) = apply_threads(settings.threads) {
+            sink.event(&TrainEvent::Note(note));
         }
-    };
-    let train_set: Vec<TrainExample> = train_rows.into_iter().map(|r| r.0).collect();
-    let validation: Vec<TrainExample> = validation_rows.iter().map(|r| r.0.clone()).collect();
-    if train_set.is_empty() {
-        return Err(TuneError::Usage("no training examples left to train on".into()));
-    }
-    if skipped > 0 {
-        sink.event(&TrainEvent::Note(format!("skipped {skipped} examples longer than max_seq_len {}", settings.max_seq_len)));
-    }
-    let data_hash = data_identity(&train_set, settings);
-    let store = Store::open(store_path)?;
-    let mut model = load_model(&model_path, settings)?;
-    // The job: a new one recorded before training starts, or the one resumed.
-    let (job_id, resumed) = match resume {
-        None => {
-            let id = format!("lora-{}", Store::new_run_id());
-            jobs::start_local(&store, &id, &task.file.task.name, &settings.base, &data_hash)?;
-            (id, None)
-        }
-        Some(sel) => {
-            let job = jobs::resumable(&store, sel)?;
-            if job.data_hash != data_hash {
-                return Err(TuneError::Usage(format!("job {} was trained on other data or settings; it cannot be resumed (start a new run)", job.id)));
+        let bad_model = |e: String| TuneError::Io(format!("{}: {e}", model_path.display()));
+        let gguf = tunegate_model::GgufFile::open(&model_path).map_err(|e| bad_model(e.to_string()))?;
+        let tok = tunegate_model::Tokenizer::from_gguf(&gguf).map_err(|e| bad_model(e.to_string()))?;
+        let mut skipped = 0;
+        // Each example with its prompt text and case: the validation metric
+        // generates from the one and scores against the other.
+        let mut encode = |rows: Vec<(Example, Case)>| -> Vec<(TrainExample, String, Case)> {
+            rows.into_iter()
+                .filter_map(|(e, case)| {
+                    let ex = e.encode(&tok);
+                    if ex.tokens.len() > settings.max_seq_len {
+                        skipped += 1;
+                        return None;
+                    }
+                    Some((ex, e.prompt, case))
+                })
+                .collect()
+        };
+        let mut train_rows = encode(render(task, &examples_path, cases)?);
+        let validation_rows = match task.file.data.validation.as_ref().map(|p| task.resolve(p)) {
+            Some(p) => encode(render(task, &p, tunegate_core::load_cases(&p)?)?),
+            None => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(settings.seed);
+                train_rows.shuffle(&mut rng);
+                let n_val = (train_rows.len() / 10).max(1).min(train_rows.len().saturating_sub(1));
+                train_rows.split_off(train_rows.len() - n_val)
             }
-            let ck = jobs::job_dir(store_path, &job.id).join("checkpoint");
-            let state = load_checkpoint(&model, &ck).map_err(|e| TuneError::Usage(format!("job {}: no usable checkpoint ({e})", job.id)))?;
-            (job.id, Some(state))
+        };
+        if train_rows.is_empty() {
+            return Err(TuneError::Usage("no training examples left to train on".into()));
         }
-    };
-    let job_dir = jobs::job_dir(store_path, &job_id);
-    std::fs::create_dir_all(&job_dir).map_err(|e| TuneError::Io(format!("cannot create {}: {e}", job_dir.display())))?;
-    let metric_rows: Vec<(String, Case)> = validation_rows.iter().map(|r| (r.1.clone(), r.2.clone())).collect();
-    let mut metric = ValidationMetric::new(task, &model_path, &metric_rows, job_dir.join("validation-adapter"));
+        if skipped > 0 {
+            sink.event(&TrainEvent::Note(format!("skipped {skipped} examples longer than max_seq_len {}", settings.max_seq_len)));
+        }
+        Ok(Prepared {
+            model_path,
+            train: train_rows.into_iter().map(|r| r.0).collect(),
+            validation: validation_rows.iter().map(|r| r.0.clone()).collect(),
+            metric_rows: validation_rows.into_iter().map(|r| (r.1, r.2)).collect(),
+        })
+    }
+}
+
+/// What one training run into a directory gave.
+pub struct Outcome {
+    pub trained: Trained,
+    pub lora: tunegate_model::lora::LoraConfig,
+}
+
+impl Outcome {
+    /// The kept epoch's validation pass rate and loss.
+    pub fn best(&self) -> (Option<f64>, Option<f64>) {
+        let p = &self.trained.progress;
+        let i = p.best_epoch.map(|e| e - 1).or(p.val_losses.len().checked_sub(1));
+        (i.and_then(|i| p.val_metrics.get(i).copied()), i.and_then(|i| p.val_losses.get(i).copied()))
+    }
+
+    /// What the job record keeps of a run.
+    pub fn meta(&self, s: &Settings, dir: &Path) -> serde_json::Value {
+        let (log, progress) = (&self.trained.log, &self.trained.progress);
+        json!({"steps": progress.step, "final_loss": log.iter().rev().map(|s| s.loss).find(|l| l.is_finite()), "validation_losses": progress.val_losses, "validation_pass_rates": progress.val_metrics, "select_by": s.select_by, "best_epoch": progress.best_epoch, "grad_accum": s.grad_accum, "train_seconds": self.trained.seconds, "tokens_per_second": self.trained.tokens_per_second(),
+               "recipe": s.recipe, "epochs": s.epochs, "early_stopping_patience": s.early_stopping_patience, "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": s.seed, "lora": self.lora, "adapter": dir})
+    }
+}
+
+/// Trains fresh adapters on `data` and writes them (PEFT layout) to `dir`,
+/// checkpointing to `dir/checkpoint`; `resume` continues from there.
+pub fn train_into(task: &Task, settings: &Settings, data: &Prepared, job_id: &str, dir: &Path, resume: bool, sink: &mut dyn TrainSink) -> Result<Outcome, TuneError> {
+    std::fs::create_dir_all(dir).map_err(|e| TuneError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let mut model = load_model(&data.model_path, settings)?;
+    let ck_dir = dir.join("checkpoint");
+    let resumed = if resume { Some(load_checkpoint(&model, &ck_dir).map_err(|e| TuneError::Usage(format!("job {job_id}: no usable checkpoint ({e})")))?) } else { None };
+    let mut metric = ValidationMetric::new(task, &data.model_path, &data.metric_rows, dir.join("validation-adapter"));
     if settings.val_metric {
         if let Some(why) = &metric.unavailable {
             sink.event(&TrainEvent::Note(format!("no validation pass rate per epoch ({why}); the validation loss is measured")));
         }
     }
     let use_metric = settings.val_metric && metric.unavailable.is_none();
-    let ck_dir = job_dir.join("checkpoint");
     let trained = train(
         &mut model,
         settings,
-        Run { job_id: &job_id, train: &train_set, validation: &validation, checkpoint_dir: Some(&ck_dir), resumed, stop: None, metric: if use_metric { Some(&mut metric) } else { None } },
+        Run { job_id, train: &data.train, validation: &data.validation, checkpoint_dir: Some(&ck_dir), resumed, stop: None, metric: if use_metric { Some(&mut metric) } else { None } },
         sink,
     )?;
-    model.save_peft(&job_dir, tunegate_core::data::export::hf_model_for(&settings.base).unwrap_or("google/gemma-3-270m"))?;
-    let dir = job_dir.canonicalize().unwrap_or(job_dir);
-    let (log, progress) = (&trained.log, &trained.progress);
-    let final_loss = log.iter().rev().map(|s| s.loss).find(|l| l.is_finite());
+    model.save_peft(dir, tunegate_core::data::export::hf_model_for(&settings.base).unwrap_or("google/gemma-3-270m"))?;
+    Ok(Outcome { trained, lora: model.lora_cfg.clone() })
+}
+
+/// Trains a LoRA adapter for a task (see [`Prepared`] for the data). The
+/// job is recorded before training starts; `resume` (a job id or `latest`)
+/// continues one from its checkpoint, with the same result as an
+/// uninterrupted run.
+pub fn tune_task(task: &Task, settings: &Settings, store_path: &Path, resume: Option<&str>, sink: &mut dyn TrainSink) -> Result<TunedAdapter, TuneError> {
+    let data = Prepared::new(task, settings, sink)?;
+    let (store, job_id, resumed) = open_job(task, settings, store_path, resume, data_identity(&data.train, settings, None))?;
+    let dir = jobs::job_dir(store_path, &job_id);
+    let out = train_into(task, settings, &data, &job_id, &dir, resumed, sink)?;
+    let dir = dir.canonicalize().unwrap_or(dir);
     let adapter = TunedAdapter { job_id: job_id.clone(), base: settings.base.clone(), dir: dir.clone() };
-    jobs::finish_local(
-        &store,
-        &adapter,
-        &json!({"steps": progress.step, "final_loss": final_loss, "validation_losses": progress.val_losses, "validation_pass_rates": progress.val_metrics, "select_by": settings.select_by, "best_epoch": progress.best_epoch, "grad_accum": settings.grad_accum, "train_seconds": trained.seconds, "tokens_per_second": trained.tokens_per_second(),
-                "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate, "seed": settings.seed, "lora": model.lora_cfg, "adapter": dir}),
-    )?;
+    jobs::finish_local(&store, &adapter, &out.meta(settings, &dir))?;
+    let (log, progress) = (&out.trained.log, &out.trained.progress);
     sink.event(&TrainEvent::Finished(Finished {
         job_id: &job_id,
         steps: progress.step,
-        seconds: trained.seconds,
-        tokens_per_second: trained.tokens_per_second(),
+        seconds: out.trained.seconds,
+        tokens_per_second: out.trained.tokens_per_second(),
         first_loss: log.first().map(|s| s.loss),
-        final_loss,
+        final_loss: log.iter().rev().map(|s| s.loss).find(|l| l.is_finite()),
         validation_losses: &progress.val_losses,
         validation_pass_rates: &progress.val_metrics,
         best_epoch: progress.best_epoch,
@@ -255,19 +280,47 @@ pub fn tune_task(task: &Task, settings: &Settings, store_path: &Path, resume: Op
     Ok(adapter)
 }
 
+/// The job a run trains for: a new one recorded before training starts, or
+/// the unfinished one `resume` names, which must have been started on the
+/// same data and settings (`identity`). Returns whether it is resumed.
+pub(crate) fn open_job(task: &Task, settings: &Settings, store_path: &Path, resume: Option<&str>, identity: String) -> Result<(Store, String, bool), TuneError> {
+    let store = Store::open(store_path)?;
+    match resume {
+        None => {
+            let id = format!("lora-{}", Store::new_run_id());
+            jobs::start_local(&store, &id, &task.file.task.name, &settings.base, &identity)?;
+            Ok((store, id, false))
+        }
+        Some(sel) => {
+            let job = jobs::resumable(&store, sel)?;
+            if job.data_hash != identity {
+                return Err(TuneError::Usage(format!("job {} was trained on other data or settings (or with/without --search); it cannot be resumed (start a new run)", job.id)));
+            }
+            Ok((store, job.id, true))
+        }
+    }
+}
+
 /// data.examples, which every fine-tuning backend trains on.
 pub fn examples_path(task: &Task) -> Result<PathBuf, TuneError> {
     Ok(task.examples_path().ok_or_else(|| InputError::new(&task.path, "fine-tuning trains on data.examples, which is not set").field("data.examples"))?)
 }
 
 /// What a resumed run must share with the one it continues: the tokens
-/// trained on and every setting that changes the result.
-fn data_identity(train_set: &[TrainExample], s: &Settings) -> String {
+/// trained on and every setting that changes the result (and, for a search,
+/// its budget).
+pub(crate) fn data_identity(train_set: &[TrainExample], s: &Settings, search: Option<usize>) -> String {
     let mut identity = json!([train_set.iter().map(|e| &e.tokens).collect::<Vec<_>>(), &s.lora, s.epochs, s.batch_size, s.learning_rate, s.seed]);
     let by_metric = s.select_by == SelectBy::Metric;
-    if s.grad_accum > 1 || by_metric {
-        if let Some(a) = identity.as_array_mut() {
+    if let Some(a) = identity.as_array_mut() {
+        if s.grad_accum > 1 || by_metric {
             a.push(json!({"grad_accum": s.grad_accum, "select_by_metric": by_metric}));
+        }
+        if let Some(p) = s.early_stopping_patience {
+            a.push(json!({"early_stopping_patience": p}));
+        }
+        if let Some(b) = search {
+            a.push(json!({"search": b}));
         }
     }
     tunegate_core::task::hash_json(&identity)

@@ -346,3 +346,35 @@ pub fn eval_loss(
     model.training = was;
     Ok(if n == 0 { 0.0 } else { total / n as f64 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays epochs through `improves` as the loop does; the kept epoch.
+    fn kept(losses: &[f64], metrics: &[f64], by_metric: bool) -> Option<usize> {
+        let mut p = Progress { step: 0, epoch: 0, batch_in_epoch: 0, val_losses: vec![], val_metrics: vec![], best_epoch: None };
+        for e in 0..losses.len() {
+            p.val_losses.push(losses[e]);
+            p.val_metrics.push(metrics[e]);
+            if improves(&p, e, by_metric) {
+                p.best_epoch = Some(e + 1);
+            }
+        }
+        p.best_epoch
+    }
+
+    #[test]
+    fn the_metric_picks_the_epoch_when_it_disagrees_with_the_loss() {
+        // An extraction run (issue 20): the loss is lowest at epoch 3, the
+        // pass rate still rising at epoch 4.
+        let losses = [0.2140, 0.1213, 0.1077, 0.1083];
+        let rates = [0.10, 0.38, 0.52, 0.58];
+        assert_eq!(kept(&losses, &rates, true), Some(4));
+        assert_eq!(kept(&losses, &rates, false), Some(3));
+        // Equal pass rates: the lower loss breaks the tie.
+        assert_eq!(kept(&[0.3, 0.2, 0.25], &[0.5, 0.5, 0.5], true), Some(2));
+        // A later epoch with the same rate and a higher loss is not better.
+        assert_eq!(kept(&[0.3, 0.2, 0.25], &[0.4, 0.6, 0.6], true), Some(2));
+    }
+}
