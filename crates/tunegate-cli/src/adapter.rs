@@ -1,7 +1,7 @@
 //! `tunegate adapter export`: a tuned adapter in another runtime's format.
 
 use crate::args::{usage, TaskArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,9 +54,9 @@ fn export(a: ExportArgs) -> Result<ExitCode> {
         return Err(usage(format!("{}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)", dir.display())));
     }
     let out = a.output.clone().unwrap_or_else(|| dir.join("adapter.gguf"));
-    // The base architecture from the adapter's config when it names a GGUF;
-    // tunegate's local base is Gemma 3.
-    let e = tunegate_model::gguf_lora::export_peft_as_gguf(&dir, "gemma3", &out).with_context(|| format!("exporting {}", dir.display()))?;
+    // Checked against the embedded base (the model local adapters are trained on).
+    let base = tunegate_model::resolve_model("gemma-3-270m").map_err(|e| usage(format!("the base model is needed to check the adapter: {e}")))?;
+    let e = tunegate_model::gguf_lora::export_peft_as_gguf(&dir, &base, &out).map_err(|e| usage(format!("{} cannot be exported: {e}", dir.display())))?;
     println!("wrote {} ({} tensors, rank {}, alpha {}, {} bytes)", out.display(), e.tensors, e.rank, e.alpha, e.bytes);
     println!("use it with llama.cpp: llama-cli -m gemma-3-270m-q4_k_m.gguf --lora {}", out.display());
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
                 return 2;
             }
         }
-        if let Some(StoreError::NoRun(_) | StoreError::Ambiguous(_)) = cause.downcast_ref::<StoreError>() {
+        if let Some(StoreError::NoRun(_) | StoreError::Ambiguous(_) | StoreError::BadSelector(_)) = cause.downcast_ref::<StoreError>() {
             return 2;
         }
         if cause.is::<tunegate_providers::ProviderError>() {
@@ -77,11 +77,16 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// HTTP APIs it is a moderate load whose 429s the retries absorb.
 pub const CONCURRENCY: usize = 16;
 
+/// A count that must be at least 1 (`--concurrency 0` would never start).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    s.parse::<usize>().map_err(|e| e.to_string()).and_then(|n| if n >= 1 { Ok(n) } else { Err("must be at least 1".into()) })
+}
+
 /// How a command calls providers: the flags of `eval` and the prompt lab.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Cases in flight at once, across providers.
-    #[arg(long, default_value_t = CONCURRENCY)]
+    #[arg(long, default_value_t = CONCURRENCY, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Call providers even when the cache has the answer.
     #[arg(long)]

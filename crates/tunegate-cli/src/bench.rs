@@ -79,7 +79,7 @@ pub struct HarnessArgs {
     pub cases: usize,
     #[arg(long, default_value_t = 3)]
     pub prompts: usize,
-    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY, value_parser = crate::args::at_least_one)]
     pub concurrency: usize,
     /// Keep the generated task here instead of a temporary directory.
     #[arg(long)]

@@ -47,7 +47,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub show_judge_prompt: bool,
     /// Judge calls in flight at once.
-    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY, value_parser = crate::args::at_least_one)]
     pub concurrency: usize,
 }
 

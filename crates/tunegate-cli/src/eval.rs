@@ -17,7 +17,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub task: crate::args::TaskArgs,
     /// Ask each provider N times per case (measures stability).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     #[command(flatten)]
     pub run: crate::args::RunArgs,

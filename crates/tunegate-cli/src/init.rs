@@ -46,6 +46,9 @@ pub fn files_for(kind: &str) -> Files {
 /// Writes the scaffold; refuses to overwrite anything unless `force`.
 pub fn scaffold(dir: &Path, kind: &str, force: bool) -> Result<Vec<PathBuf>> {
     let files = files_for(kind);
+    if dir.exists() && !dir.is_dir() {
+        bail!(crate::args::UsageError(format!("{} is a file; `tunegate init DIR` writes a task into a directory", dir.display())));
+    }
     if !force {
         let existing: Vec<String> = files.iter().map(|(p, _)| dir.join(p)).filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
         if !existing.is_empty() {

@@ -36,6 +36,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 extern "C" {
     /// mimalloc's own option setter (the C library the allocator links).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    /// libc's signal(2); the handler is a pointer-sized value (SIG_DFL = 0).
+    fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
+}
+
+/// Output to a closed pipe (`tunegate show latest | head -1`) ends the
+/// process quietly, as it ends any Unix filter, instead of a panic in
+/// `println!` (Rust ignores SIGPIPE by default). Not for `serve`, where a
+/// client that hangs up must not take the server down.
+fn quiet_on_closed_pipe() {
+    // SAFETY: restores the default action of SIGPIPE (13 on Linux and macOS) before any thread starts.
+    unsafe { signal(13, 0) };
 }
 
 /// `mi_option_purge_delay` in mimalloc v3's option enum (mimalloc.h).
@@ -112,6 +123,9 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Init(a) => init::init(a),
         Command::Eval(a) => eval::eval(a),

@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tunegate_core::advise::{pct, pts};
+use tunegate_core::advise::pct;
 use tunegate_core::lab::*;
-use tunegate_core::lab_report::{ci, clip, delta_text, p};
 use tunegate_core::task::{PromptSource, ShotStrategy};
 use tunegate_core::Task;
 use tunegate_run::lab::{self as rlab, Budget, Estimate, Lab, LabConfig, LabError};
@@ -292,7 +291,7 @@ pub fn minimize(a: MinimizeArgs) -> Result<ExitCode> {
         }
     }
     s.lab.store_report(&report)?;
-    emit(&a.lab, minimize_text(&report, &s), serde_json::to_value(&report)?)?;
+    emit(&a.lab, tunegate_core::lab_report::minimize_text(&report, &s.path, &s.price_note), serde_json::to_value(&report)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,81 +330,6 @@ fn write_variant(s: &Setup, id: &str, r: &MinimizeReport) -> Result<()> {
     std::fs::rename(&tmp, &s.path).with_context(|| format!("cannot replace {}", s.path.display()))?;
     eprintln!("wrote prompt `{id}` to {}", s.path.display());
     Ok(())
-}
-
-fn minimize_text(r: &MinimizeReport, s: &Setup) -> String {
-    let mut o = String::new();
-    o.push_str(&format!("prompt minimize: `{}` on {}, {} cases (run {})\n", r.prompt, r.provider, r.cases, r.run_id));
-    o.push_str(&format!("full prompt: {}, {:.0} tokens per call ({})\n\n", ci(&r.full), r.full_tokens, r.tokenizer));
-    o.push_str(&format!("{:<5} {:<12} {:>6}  {:<10} {:<34} {:>9}  {}\n", "part", "kind", "tokens", "without it", "change (95% CI)", "p(worse)", "text"));
-    for pr in &r.parts {
-        o.push_str(&format!(
-            "{:<5} {:<12} {:>6.0}  {:<10} {:<34} {:>9}  {}{}\n",
-            pr.part.id,
-            pr.part.kind.as_str(),
-            pr.tokens,
-            pct(pr.without.rate),
-            delta_text(&pr.without),
-            p(pr.without.p_worse),
-            if pr.matters { "MATTERS  " } else { "" },
-            clip(&pr.part.text, 60)
-        ));
-    }
-    o.push_str(&format!(
-        "\ngreedy search: drop parts, least harmful first, while the prompt stays not significantly worse than the full one (one-sided exact McNemar, alpha {}{})\n",
-        r.alpha,
-        r.max_drop.map(|m| format!(", and at most {} lost", pts(m))).unwrap_or_default()
-    ));
-    for st in &r.steps {
-        o.push_str(&format!(
-            "  drop {:<4} -> {:>6} vs full {:<34} p(worse) {:<8} {}\n",
-            st.tried,
-            pct(st.against_full.rate),
-            delta_text(&st.against_full),
-            p(st.against_full.p_worse),
-            if st.accepted { "dropped" } else { "kept (significantly worse)" }
-        ));
-    }
-    if let Some(why) = &r.stopped {
-        o.push_str(&format!("  {why}\n"));
-    }
-    o.push('\n');
-    if r.best_dropped.is_empty() {
-        o.push_str("No part can be dropped without a significant loss: the full prompt is already the smallest that works on this evidence.\n");
-    } else {
-        let d = r.best_against_full.as_ref();
-        o.push_str(&format!(
-            "Smallest prompt not significantly worse: `{}`\n  {:.0} tokens instead of {:.0} ({} shorter); pass rate {} vs {}: {}, p(worse) = {}\n",
-            r.best_variant,
-            r.best_tokens,
-            r.full_tokens,
-            pct(r.token_saving),
-            ci(&r.best),
-            pct(r.full.rate),
-            d.map(delta_text).unwrap_or_default(),
-            d.map(|d| p(d.p_worse)).unwrap_or_default()
-        ));
-        o.push_str(&format!("  keeps: {}\n", r.parts.iter().filter(|p| !r.best_dropped.contains(&p.part.id)).map(|p| p.part.id.as_str()).collect::<Vec<_>>().join(", ")));
-        if r.token_saving < 0.3 {
-            o.push_str(&format!("  Less than 30% shorter: the parts that matter are most of the prompt ({}).\n", pct(1.0 - r.token_saving)));
-        }
-        match (r.monthly_saving_usd, r.calls_per_month) {
-            (Some(u), Some(c)) => o.push_str(&format!("  saves {} per month at {} calls/month\n", tunegate_core::advise::usd(u), tunegate_core::advise::int(c as f64))),
-            (None, Some(c)) => o.push_str(&format!("  {:.0} tokens x {} calls/month = {} fewer prompt tokens a month; no cost: {}\n", r.full_tokens - r.best_tokens, tunegate_core::advise::int(c as f64), tunegate_core::advise::int((r.full_tokens - r.best_tokens) * c as f64), s.price_note)),
-            (_, None) => o.push_str("  set usage.calls_per_month in the task file for the monthly saving\n"),
-        }
-        o.push_str("\n--- the smallest prompt ---\n");
-        if let Some(sys) = &r.best_system {
-            o.push_str(&format!("[system]\n{sys}\n[user]\n"));
-        }
-        o.push_str(&r.best_template);
-        o.push_str("\n---\n");
-        match &r.written_as {
-            Some(id) => o.push_str(&format!("Written to {} as prompt `{id}`.\n", s.path.display())),
-            None => o.push_str(&format!("Add it to the task file: tunegate prompt minimize -c {} --prompt {} --write {}-min\n", s.path.display(), r.prompt, r.prompt)),
-        }
-    }
-    o
 }
 
 // ------------------------------------------------------------------- sweep

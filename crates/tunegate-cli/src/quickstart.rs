@@ -38,7 +38,7 @@ pub struct QuickstartArgs {
     #[arg(long)]
     pub no_tune: bool,
     /// Cases in flight at once (the local model batches up to 16 together).
-    #[arg(long, default_value_t = crate::args::CONCURRENCY)]
+    #[arg(long, default_value_t = crate::args::CONCURRENCY, value_parser = crate::args::at_least_one)]
     pub concurrency: usize,
 }
 

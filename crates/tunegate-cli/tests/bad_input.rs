@@ -1,6 +1,7 @@
 //! Bad task and data files: each gives one line naming file, line and
 //! field, and exits 2, never a panic.
 
+mod common;
 use std::path::Path;
 use std::process::Command;
 
@@ -169,4 +170,203 @@ fn missing_task_file_and_bad_flags_exit_2() {
     assert!(e.contains("/nonexistent/tunegate.yaml") && e.contains("cannot read task file"), "{e}");
     let out = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["eval", "--concurrency", "lots"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn tg(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tunegate")).args(args).current_dir(dir).output().unwrap()
+}
+
+fn task_dir(eval: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), GOOD_YAML).unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), eval).unwrap();
+    dir
+}
+
+/// Issue 18, item 1: a run selector that is not one is refused (exit 2),
+/// never read as `latest`.
+#[test]
+fn a_bad_run_selector_is_refused_not_read_as_latest() {
+    let dir = task_dir(eval_lines(4).as_bytes());
+    for _ in 0..2 {
+        assert_eq!(tg(dir.path(), &["eval", "--no-progress"]).status.code(), Some(1), "echo fails the label checks");
+    }
+    let o = tg(dir.path(), &["compare", "latest~1", "latest"]);
+    assert!(o.status.code() != Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    for sel in ["latest~x", "latest~-1", "latest~", "", "latest~18446744073709551616", "latest~ 1"] {
+        let o = tg(dir.path(), &["compare", sel, "latest"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "`{sel}`: {err}");
+        assert!(err.contains("is not a run") && err.contains("latest~N"), "`{sel}`: {err}");
+    }
+    // Far beyond the runs there are: no such run, no overflow.
+    let o = tg(dir.path(), &["compare", "latest~18446744073709551615", "latest"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Item 7: text that is not UTF-8 is reported at its line, in the task file
+/// and in a dataset.
+#[test]
+fn invalid_utf8_is_reported_at_its_line() {
+    let mut eval = eval_lines(3).into_bytes();
+    eval.extend_from_slice(b"{\"input\": \"caf\xe9\", \"expected\": \"billing\"}\n");
+    let dir = task_dir(&eval);
+    let o = tg(dir.path(), &["eval", "--no-progress"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("eval.jsonl:4") && err.contains("not UTF-8") && err.contains("0xe9") && err.contains("byte 15"), "{err}");
+    let mut yaml = GOOD_YAML.as_bytes().to_vec();
+    yaml.extend_from_slice(b"# caf\xe9\n");
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = tg(dir.path(), &["eval", "--no-progress"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let line = GOOD_YAML.lines().count() + 1;
+    assert!(err.contains(&format!("tunegate.yaml:{line}")) && err.contains("task file is not UTF-8"), "{err}");
+}
+
+/// Item 10: a CSV quote that never closes is named as such, at the line
+/// where it opens.
+#[test]
+fn an_unterminated_csv_quote_is_named_where_it_opens() {
+    let dir = task_dir(b"");
+    std::fs::write(dir.path().join("data/eval.csv"), "input,expected\nhello,billing\n\"broken, technical\nbye,billing\n").unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), GOOD_YAML.replace("data/eval.jsonl", "data/eval.csv")).unwrap();
+    let o = tg(dir.path(), &["eval", "--no-progress"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("eval.csv:3") && err.contains("unterminated quote") && !err.contains("row has 1 fields"), "{err}");
+    // Quotes that close, and doubled quotes inside them, are fine.
+    std::fs::write(dir.path().join("data/eval.csv"), "input,expected\n\"say \"\"hi\"\", please\",billing\n\"two\nlines\",technical\n").unwrap();
+    assert!(tg(dir.path(), &["eval", "--no-progress"]).status.code() != Some(2));
+}
+
+/// Item 8: zero repeats, zero concurrency and `init` onto a file are usage
+/// errors (exit 2) before any work.
+#[test]
+fn zero_counts_and_init_onto_a_file_are_usage_errors() {
+    let dir = task_dir(eval_lines(4).as_bytes());
+    for args in [&["eval", "--repeat", "0"][..], &["eval", "--concurrency", "0"], &["prompt", "minimize", "--concurrency", "0"]] {
+        let o = tg(dir.path(), args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!dir.path().join(".tunegate").exists(), "no run was started");
+    let o = tg(dir.path(), &["init", "tunegate.yaml"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a file"), "{err}");
+}
+
+/// Item 9: output to a pipe closed early ends quietly, never a panic.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = task_dir(eval_lines(3000).as_bytes());
+    assert!(tg(dir.path(), &["eval", "--no-progress"]).status.code().is_some());
+    for _ in 0..5 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+            .args(["show", "latest"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        // The reader is gone: every later write hits a closed pipe.
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked") && o.status.code() != Some(101), "{:?}: {err}", o.status);
+    }
+}
+
+/// Item 5: a record of the wrong type for the task's kind is refused at
+/// load by `eval` (exit 2, file:line:field), and `data check` does not call
+/// the file clean.
+#[test]
+fn records_of_the_wrong_type_are_refused_at_load() {
+    for (record, field, what) in [
+        ("{\"input\": 42, \"expected\": \"billing\"}", "input", "must be a string"),
+        ("{\"input\": \"hi\", \"expected\": [\"billing\"]}", "expected", "must be one label"),
+        ("{\"input\": \"hi\", \"expected\": {\"team\": \"billing\"}}", "expected", "not an object"),
+    ] {
+        let dir = task_dir(format!("{}{record}\n", eval_lines(2)).as_bytes());
+        let o = tg(dir.path(), &["eval", "--no-progress"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{record}: {err}");
+        assert!(err.contains("eval.jsonl:3") && err.contains(field) && err.contains(what), "{record}: {err}");
+        assert!(!dir.path().join(".tunegate").exists(), "{record}: no run before the data is right");
+        let o = tg(dir.path(), &["data", "check"]);
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains("eval.jsonl:3") && out.contains(what), "{record}: data check: {out}");
+    }
+}
+
+/// Item 6: a `local:` provider naming a file that is not a GGUF model is a
+/// usage error before any case runs and before a run is stored.
+#[test]
+fn a_local_provider_on_a_file_that_is_not_a_model_exits_2_before_any_case() {
+    let dir = task_dir(eval_lines(4).as_bytes());
+    std::fs::write(dir.path().join("random.gguf"), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let model = dir.path().join("random.gguf");
+    std::fs::write(dir.path().join("tunegate.yaml"), GOOD_YAML.replace("  - id: echo", &format!("  - id: local:{}", model.display()))).unwrap();
+    let o = tg(dir.path(), &["eval", "--no-progress"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("random.gguf") && err.contains("not a GGUF file"), "{err}");
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one error, not one per case: {err}");
+    let runs = tg(dir.path(), &["runs"]);
+    assert!(!String::from_utf8_lossy(&runs.stdout).contains("complete"), "no run was stored as complete");
+}
+
+/// A safetensors file by hand: (name, shape, values), F32.
+fn safetensors(tensors: &[(&str, [usize; 2], f32)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = vec![];
+    for (name, shape, v) in tensors {
+        let start = data.len();
+        for _ in 0..shape[0] * shape[1] {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Item 4: an adapter whose tensors do not fit the base model (or its own
+/// rank, or hold NaN) is refused by `adapter export` and as a provider,
+/// before any case.
+#[test]
+fn an_adapter_that_does_not_fit_the_base_is_refused() {
+    if !common::model_present() {
+        return;
+    }
+    let q = "base_model.model.model.layers.0.self_attn.q_proj.lora_";
+    for (tensors, r, what) in [
+        (vec![(format!("{q}A.weight"), [4, 100], 0.01f32), (format!("{q}B.weight"), [1024, 4], 0.0)], 4, "has shape [4, 100]"),
+        (vec![(format!("{q}A.weight"), [4, 640], 0.01), (format!("{q}B.weight"), [1024, 4], 0.0)], 8, "r = 8"),
+        (vec![(format!("{q}A.weight"), [4, 640], f32::NAN), (format!("{q}B.weight"), [1024, 4], 0.0)], 4, "non-finite"),
+    ] {
+        let dir = task_dir(eval_lines(4).as_bytes());
+        let ad = dir.path().join("adapter");
+        std::fs::create_dir_all(&ad).unwrap();
+        let t: Vec<(&str, [usize; 2], f32)> = tensors.iter().map(|(n, s, v)| (n.as_str(), *s, *v)).collect();
+        std::fs::write(ad.join("adapter_model.safetensors"), safetensors(&t)).unwrap();
+        std::fs::write(ad.join("adapter_config.json"), format!("{{\"r\": {r}, \"lora_alpha\": 8}}")).unwrap();
+        let o = tg(dir.path(), &["adapter", "export", "adapter"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(what), "{what}: {err}");
+        assert!(!ad.join("adapter.gguf").exists(), "{what}: nothing exported");
+        std::fs::write(dir.path().join("tunegate.yaml"), GOOD_YAML.replace("  - id: echo", "  - id: local:gemma-3-270m\n    adapter: adapter")).unwrap();
+        let o = tg(dir.path(), &["eval", "--no-progress"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(what) && err.lines().filter(|l| !l.trim().is_empty()).count() == 1, "{what}: {err}");
+    }
 }

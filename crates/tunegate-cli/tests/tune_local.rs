@@ -73,6 +73,24 @@ fn same_adapter_as_before_the_move(t: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(digest, ADAPTER_DIGEST_BEFORE_THE_MOVE, "training no longer writes the adapter it wrote before the move into tunegate-tune");
 }
 
+/// Runs tunegate with `args` in `dir` and kills it (SIGKILL) once the job's
+/// checkpoint `progress` (relative to the job directory) reaches `step`.
+fn kill_at_checkpoint(dir: &Path, args: &[&str], progress: &str, step: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let at = adapters(dir).first().and_then(|d| std::fs::read_to_string(d.join(progress)).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["progress"]["step"].as_u64());
+        if at.unwrap_or(0) >= step {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(900), "training made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "training ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     if !model_present() {
@@ -90,19 +108,7 @@ fn kill_9_during_training_then_resume_gives_the_same_adapter() {
     // The same run, killed after its second checkpoint, then resumed.
     let b = tempfile::tempdir().unwrap();
     task(b.path());
-    let mut child = Command::new(bin).arg("tune").current_dir(b.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let step = adapters(b.path()).first().and_then(|d| std::fs::read_to_string(d.join("checkpoint/progress.json")).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["progress"]["step"].as_u64());
-        if step.unwrap_or(0) >= 2 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(600), "training made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "training ended before it could be interrupted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_checkpoint(b.path(), &["tune"], "checkpoint/progress.json", 2);
     assert!(!adapters(b.path())[0].join("adapter_model.safetensors").exists(), "killed before the end");
     let o = Command::new(bin).args(["tune", "--resume"]).current_dir(b.path()).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -161,19 +167,7 @@ fn a_search_keeps_the_best_trial_and_resumes_where_it_stopped() {
     // Killed during trial 2, then resumed.
     let b = tempfile::tempdir().unwrap();
     task(b.path());
-    let mut child = Command::new(bin).args(["tune", "--search", "2"]).current_dir(b.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let step = adapters(b.path()).first().and_then(|d| std::fs::read_to_string(d.join("trials/2/checkpoint/progress.json")).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["progress"]["step"].as_u64());
-        if step.unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(900), "the search made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be interrupted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_checkpoint(b.path(), &["tune", "--search", "2"], "trials/2/checkpoint/progress.json", 1);
     let o = Command::new(bin).args(["tune", "--search", "2", "--resume"]).current_dir(b.path()).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");

@@ -79,9 +79,7 @@ const CASE_KEYS: &[&str] = &["id", "input", "vars", "expected", "tags", "assert"
 
 /// Reads cases from a `.jsonl`/`.json` (one object per line) or `.csv` file.
 pub fn load_cases(path: &Path) -> Result<Vec<Case>, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        InputError::new(path, format!("cannot read dataset: {e}")).hint("check the path under `data:` in the task file")
-    })?;
+    let text = crate::error::read_text(path, "dataset", "check the path under `data:` in the task file")?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut cases = match ext.as_str() {
         "csv" => parse_csv(path, &text, None)?,
@@ -112,9 +110,7 @@ pub struct TolerantLoad {
 /// duplicate id, ...) is collected in `bad_lines` and reading goes on. Only a
 /// file that cannot be read at all, or has an unsupported extension, is an error.
 pub fn load_cases_tolerant(path: &Path) -> Result<TolerantLoad, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        InputError::new(path, format!("cannot read dataset: {e}")).hint("check the path under `data:` in the task file")
-    })?;
+    let text = crate::error::read_text(path, "dataset", "check the path under `data:` in the task file")?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut bad = vec![];
     let mut cases = match ext.as_str() {
@@ -219,7 +215,41 @@ fn split_tags(s: &str) -> Vec<String> {
     s.split([';', ',', '|']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
+/// The line and column where a quoted CSV field opens and never closes: the
+/// CSV reader would otherwise take the rest of the file as that one field
+/// and report "row has 1 fields". A quote opens a field only at its start
+/// (as the reader reads it); `""` inside a quoted field is a quote.
+fn unterminated_quote(text: &str) -> Option<(usize, usize)> {
+    let (mut line, mut col, mut field_start, mut open) = (1, 0, true, None);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        col += 1;
+        if open.is_some() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    col += 1;
+                } else {
+                    open = None;
+                }
+            }
+        } else if c == '"' && field_start {
+            open = Some((line, col));
+        }
+        if c == '\n' {
+            (line, col) = (line + 1, 0);
+        }
+        if c != '\r' {
+            field_start = open.is_none() && (c == ',' || c == '\n');
+        }
+    }
+    open
+}
+
 fn parse_csv(path: &Path, text: &str, mut bad: Option<&mut Vec<InputError>>) -> Result<Vec<Case>, InputError> {
+    if let Some((line, col)) = unterminated_quote(text) {
+        return Err(InputError::new(path, format!("unterminated quote: the field quoted at column {col} never closes, so the rest of the file would be read as one field")).line(line).hint("close the quote, or write a quote inside a quoted field as \"\""));
+    }
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let headers = rdr
         .headers()
@@ -319,9 +349,43 @@ fn assign_ids(path: &Path, cases: &mut Vec<Case>, mut bad: Option<&mut Vec<Input
 
 /// Checks cases against the task's contract: labels in the label set,
 /// extraction targets that are JSON objects.
+/// A record's types against the task's kind, before any work: `input` a
+/// string (or an object of variables), `expected` a label for
+/// classification, a JSON object for extraction, text for rewrite and
+/// generation. A record of the wrong shape would otherwise be scored as a
+/// model failure.
+pub fn type_error(kind: TaskKind, path: &Path, c: &Case) -> Option<InputError> {
+    let what = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    };
+    let at = |field: &str, msg: String| Some(InputError::new(path, msg).line(c.line).field(field.to_string()));
+    if let Some(v) = c.vars.get("input").filter(|v| !v.is_string() && !v.is_object()) {
+        return at("input", format!("must be a string (or an object of variables), not {}", what(v)));
+    }
+    let e = c.expected.as_ref()?;
+    let (ok, want) = match kind {
+        TaskKind::Classification => (e.is_string() || e.is_number() || e.is_boolean(), "one label (a string)"),
+        TaskKind::Extraction => (e.is_object(), "a JSON object of fields"),
+        TaskKind::Rewrite | TaskKind::Generation => (e.is_string(), "the expected text (a string)"),
+    };
+    if ok {
+        None
+    } else {
+        at("expected", format!("must be {want} for a {} task, not {}", kind.as_str(), what(e)))
+    }
+}
+
 pub fn check_contract(task: &Task, path: &Path, cases: &[Case], require_expected: bool) -> Result<(), InputError> {
     let labels: Vec<String> = task.labels().iter().map(|l| crate::task::normalize_label(l)).collect();
     for c in cases {
+        if let Some(e) = type_error(task.kind(), path, c) {
+            return Err(e);
+        }
         match (&c.expected, task.kind()) {
             (None, _) if require_expected => {
                 return Err(InputError::new(path, "missing `expected`").line(c.line).field("expected").hint("every example needs the output you want"));

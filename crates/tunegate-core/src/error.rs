@@ -60,6 +60,20 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// Reads a text file the user wrote. Text that is not UTF-8 is an error at
+/// the line (and byte of that line) where it stops being UTF-8, not a bare
+/// "stream did not contain valid UTF-8"; `what` names the file's role
+/// ("task file", "dataset") in the other errors, with `hint`.
+pub fn read_text(path: &Path, what: &str, hint: &str) -> Result<String, InputError> {
+    let bytes = std::fs::read(path).map_err(|e| InputError::new(path, format!("cannot read {what}: {e}")).hint(hint.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let ok = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = ok.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = ok.len() - ok.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0) + 1;
+        InputError::new(path, format!("the {what} is not UTF-8 text: invalid byte 0x{:02x} at byte {col} of the line", e.as_bytes()[ok.len()])).line(line).hint("save the file as UTF-8")
+    })
+}
+
 /// Errors of the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {

@@ -1,4 +1,5 @@
-//! The prompt lab's reports as text: the few-shot learning curve
+//! The prompt lab's reports as text: the parts of a prompt and the smallest
+//! one that still works (`prompt minimize`), the few-shot learning curve
 //! (`prompt sweep`), the fragility table (`prompt vary`), and the pieces
 //! every lab report prints (rates with intervals, paired differences).
 
@@ -144,4 +145,83 @@ impl VaryReport {
         }
         o
     }
+}
+
+/// `prompt minimize`'s report: the parts with what dropping each costs, the
+/// greedy search's steps, and the smallest prompt not significantly worse.
+/// `path` is the task file (for the `--write` hint); `price_note` says why
+/// there is no cost when there is none.
+pub fn minimize_text(r: &MinimizeReport, path: &std::path::Path, price_note: &str) -> String {
+    let mut o = String::new();
+    o.push_str(&format!("prompt minimize: `{}` on {}, {} cases (run {})\n", r.prompt, r.provider, r.cases, r.run_id));
+    o.push_str(&format!("full prompt: {}, {:.0} tokens per call ({})\n\n", ci(&r.full), r.full_tokens, r.tokenizer));
+    o.push_str(&format!("{:<5} {:<12} {:>6}  {:<10} {:<34} {:>9}  {}\n", "part", "kind", "tokens", "without it", "change (95% CI)", "p(worse)", "text"));
+    for pr in &r.parts {
+        o.push_str(&format!(
+            "{:<5} {:<12} {:>6.0}  {:<10} {:<34} {:>9}  {}{}\n",
+            pr.part.id,
+            pr.part.kind.as_str(),
+            pr.tokens,
+            pct(pr.without.rate),
+            delta_text(&pr.without),
+            p(pr.without.p_worse),
+            if pr.matters { "MATTERS  " } else { "" },
+            clip(&pr.part.text, 60)
+        ));
+    }
+    o.push_str(&format!(
+        "\ngreedy search: drop parts, least harmful first, while the prompt stays not significantly worse than the full one (one-sided exact McNemar, alpha {}{})\n",
+        r.alpha,
+        r.max_drop.map(|m| format!(", and at most {} lost", pts(m))).unwrap_or_default()
+    ));
+    for st in &r.steps {
+        o.push_str(&format!(
+            "  drop {:<4} -> {:>6} vs full {:<34} p(worse) {:<8} {}\n",
+            st.tried,
+            pct(st.against_full.rate),
+            delta_text(&st.against_full),
+            p(st.against_full.p_worse),
+            if st.accepted { "dropped" } else { "kept (significantly worse)" }
+        ));
+    }
+    if let Some(why) = &r.stopped {
+        o.push_str(&format!("  {why}\n"));
+    }
+    o.push('\n');
+    if r.best_dropped.is_empty() {
+        o.push_str("No part can be dropped without a significant loss: the full prompt is already the smallest that works on this evidence.\n");
+    } else {
+        let d = r.best_against_full.as_ref();
+        o.push_str(&format!(
+            "Smallest prompt not significantly worse: `{}`\n  {:.0} tokens instead of {:.0} ({} shorter); pass rate {} vs {}: {}, p(worse) = {}\n",
+            r.best_variant,
+            r.best_tokens,
+            r.full_tokens,
+            pct(r.token_saving),
+            ci(&r.best),
+            pct(r.full.rate),
+            d.map(delta_text).unwrap_or_default(),
+            d.map(|d| p(d.p_worse)).unwrap_or_default()
+        ));
+        o.push_str(&format!("  keeps: {}\n", r.parts.iter().filter(|p| !r.best_dropped.contains(&p.part.id)).map(|p| p.part.id.as_str()).collect::<Vec<_>>().join(", ")));
+        if r.token_saving < 0.3 {
+            o.push_str(&format!("  Less than 30% shorter: the parts that matter are most of the prompt ({}).\n", pct(1.0 - r.token_saving)));
+        }
+        match (r.monthly_saving_usd, r.calls_per_month) {
+            (Some(u), Some(c)) => o.push_str(&format!("  saves {} per month at {} calls/month\n", crate::advise::usd(u), crate::advise::int(c as f64))),
+            (None, Some(c)) => o.push_str(&format!("  {:.0} tokens x {} calls/month = {} fewer prompt tokens a month; no cost: {}\n", r.full_tokens - r.best_tokens, crate::advise::int(c as f64), crate::advise::int((r.full_tokens - r.best_tokens) * c as f64), price_note)),
+            (_, None) => o.push_str("  set usage.calls_per_month in the task file for the monthly saving\n"),
+        }
+        o.push_str("\n--- the smallest prompt ---\n");
+        if let Some(sys) = &r.best_system {
+            o.push_str(&format!("[system]\n{sys}\n[user]\n"));
+        }
+        o.push_str(&r.best_template);
+        o.push_str("\n---\n");
+        match &r.written_as {
+            Some(id) => o.push_str(&format!("Written to {} as prompt `{id}`.\n", path.display())),
+            None => o.push_str(&format!("Add it to the task file: tunegate prompt minimize -c {} --prompt {} --write {}-min\n", path.display(), r.prompt, r.prompt)),
+        }
+    }
+    o
 }

@@ -399,10 +399,7 @@ pub struct PromptSource {
 impl Task {
     /// Reads and validates a task file. Paths inside it are relative to it.
     pub fn load(path: &Path) -> Result<Task, InputError> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
-            InputError::new(path, format!("cannot read task file: {e}"))
-                .hint("run `tunegate init` to create one, or pass -c PATH")
-        })?;
+        let source = crate::error::read_text(path, "task file", "run `tunegate init` to create one, or pass -c PATH")?;
         Self::from_source(path, source)
     }
 

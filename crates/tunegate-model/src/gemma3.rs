@@ -45,6 +45,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// (inputs, outputs) of a LoRA target module, by its short name.
+    pub fn module_dims(&self, short: &str) -> Option<(usize, usize)> {
+        let (d, q, kv, f) = (self.d_model, self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.ffn_dim);
+        Some(match short {
+            "q" => (d, q),
+            "k" | "v" => (d, kv),
+            "o" => (q, d),
+            "gate" | "up" => (d, f),
+            "down" => (f, d),
+            _ => return None,
+        })
+    }
+
     pub fn is_local(&self, layer: usize) -> bool {
         self.swa_pattern > 0 && (layer + 1) % self.swa_pattern != 0
     }
@@ -293,31 +306,11 @@ impl Gemma3 {
     /// adapter_model.safetensors in `dir`): each targeted projection becomes
     /// `W x + (alpha / r) B A x`, computed beside the quantized `W x`.
     pub fn load_adapter(&mut self, dir: &Path) -> Result<(), ModelError> {
-        let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io(cfg_path.clone(), e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", cfg_path.display())))?;
-        let r = v["r"].as_f64().ok_or_else(|| ModelError::Format(format!("{}: no `r`", cfg_path.display())))?;
-        let alpha = v["lora_alpha"].as_f64().unwrap_or(r);
+        let (r, alpha) = adapter_config(dir)?;
         let st = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st, &self.device).map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
-        let mut lora = std::collections::BTreeMap::new();
-        for (k, a) in &tensors {
-            let Some(stem) = k.strip_suffix(".lora_A.weight") else { continue };
-            let b = tensors.get(&format!("{stem}.lora_B.weight")).ok_or_else(|| ModelError::Format(format!("{}: {stem} has lora_A but no lora_B", st.display())))?;
-            let rest = stem.split(".layers.").nth(1).ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-            let (li, module) = rest.split_once('.').ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-            let li: usize = li.parse().map_err(|_| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-            let short = TARGETS.iter().find(|(_, m)| *m == module).map(|(s, _)| s.to_string()).ok_or_else(|| ModelError::Format(format!("{}: unknown module {module}", st.display())))?;
-            if li >= self.cfg.n_layer {
-                return Err(ModelError::Format(format!("{}: layer {li} does not exist in this model", st.display())));
-            }
-            lora.insert((li, short), (a.to_dtype(DType::F32).map_err(ModelError::candle)?, b.to_dtype(DType::F32).map_err(ModelError::candle)?));
-        }
-        if lora.is_empty() {
-            return Err(ModelError::Format(format!("{}: no LoRA tensors", st.display())));
-        }
-        self.lora = lora;
-        self.lora_scale = alpha / r;
+        self.lora = check_adapter(&self.cfg, &st, r, &tensors)?;
+        self.lora_scale = alpha / r as f64;
         Ok(())
     }
 
@@ -486,6 +479,86 @@ impl Gemma3 {
     pub fn log_softmax(logits: &Tensor) -> Result<Tensor, ModelError> {
         candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(ModelError::candle)?, D::Minus1).map_err(ModelError::candle)
     }
+}
+
+/// Checks a PEFT adapter (`st`: its safetensors file, with its tensors)
+/// against this base model and its own config, wherever an adapter is
+/// loaded or exported: every key a known module of an existing layer, A
+/// [r, in] and B [out, r] in pairs with the module's shape, r as
+/// adapter_config.json says, every value finite. A wrong adapter would
+/// otherwise fail every case with "shape mismatch in matmul", or export
+/// without a word and fail in llama.cpp. Returns the checked pairs:
+/// (layer, short module name) -> (A, B).
+#[allow(clippy::type_complexity)]
+pub fn check_adapter(cfg: &Config, st: &Path, r: usize, tensors: &std::collections::HashMap<String, Tensor>) -> Result<std::collections::BTreeMap<(usize, String), (Tensor, Tensor)>, ModelError> {
+    let bad = |m: String| ModelError::Format(format!("{}: {m}", st.display()));
+    let mut out = std::collections::BTreeMap::new();
+    for (k, t) in tensors {
+        let (stem, is_a) = match (k.strip_suffix(".lora_A.weight"), k.strip_suffix(".lora_B.weight")) {
+            (Some(s), _) => (s, true),
+            (_, Some(s)) => (s, false),
+            _ => continue,
+        };
+        let rest = stem.split(".layers.").nth(1).ok_or_else(|| bad(format!("unexpected key {k}")))?;
+        let (li, module) = rest.split_once('.').ok_or_else(|| bad(format!("unexpected key {k}")))?;
+        let li: usize = li.parse().map_err(|_| bad(format!("unexpected key {k}")))?;
+        let short = TARGETS.iter().find(|(_, m)| *m == module).map(|(s, _)| *s).ok_or_else(|| bad(format!("unknown module {module}")))?;
+        if li >= cfg.n_layer {
+            return Err(bad(format!("layer {li} does not exist in this model ({} layers)", cfg.n_layer)));
+        }
+        let (n_in, n_out) = cfg.module_dims(short).unwrap_or((0, 0));
+        let want = if is_a { [r, n_in] } else { [n_out, r] };
+        let t = t.to_dtype(DType::F32).map_err(ModelError::candle)?;
+        if t.dims() != want {
+            return Err(bad(format!("{k} has shape {:?}; this model and the adapter's r = {r} need {want:?} (an adapter for another model, or a config that does not match its tensors)", t.dims())));
+        }
+        let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(ModelError::candle)?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("{k} holds a non-finite value ({} at index {i}): the training that wrote it diverged", values[i])));
+        }
+        let pair = out.entry((li, short.to_string())).or_insert((None, None));
+        if is_a {
+            pair.0 = Some(t);
+        } else {
+            pair.1 = Some(t);
+        }
+    }
+    let mut pairs = std::collections::BTreeMap::new();
+    for ((li, short), (a, b)) in out {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                pairs.insert((li, short), (a, b));
+            }
+            _ => return Err(bad(format!("layer {li} {short}: lora_A and lora_B must come in pairs"))),
+        }
+    }
+    if pairs.is_empty() {
+        return Err(bad("no LoRA tensors".into()));
+    }
+    Ok(pairs)
+}
+
+/// Checks the PEFT adapter in `dir` against the base model file `base`
+/// without loading the model: for providers, before a run starts.
+pub fn check_adapter_dir(base: &Path, dir: &Path) -> Result<(), ModelError> {
+    let cfg = Config::from_file(base)?;
+    let (r, _) = adapter_config(dir)?;
+    let st = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
+    check_adapter(&cfg, &st, r, &tensors).map(|_| ())
+}
+
+/// The rank and alpha of a PEFT adapter_config.json.
+pub fn adapter_config(dir: &Path) -> Result<(usize, f64), ModelError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io(cfg_path.clone(), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", cfg_path.display())))?;
+    let r = v["r"].as_u64().filter(|r| *r >= 1).ok_or_else(|| ModelError::Format(format!("{}: `r` must be a whole number of at least 1", cfg_path.display())))? as usize;
+    let alpha = v["lora_alpha"].as_f64().unwrap_or(r as f64);
+    if !alpha.is_finite() || alpha <= 0.0 {
+        return Err(ModelError::Format(format!("{}: `lora_alpha` must be a positive number", cfg_path.display())));
+    }
+    Ok((r, alpha))
 }
 
 /// The linear modules of a Gemma 3 block that LoRA adapters can target,

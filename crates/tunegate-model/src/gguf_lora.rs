@@ -9,7 +9,7 @@
 //! innermost first, so a row-major [rows, cols] matrix has dims [cols, rows].
 
 use crate::ModelError;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use std::io::Write;
 use std::path::Path;
 
@@ -53,35 +53,31 @@ pub struct LoraExport {
 }
 
 /// Writes `adapter_dir` (PEFT: adapter_config.json + adapter_model.safetensors)
-/// as a llama.cpp LoRA GGUF for a base model of `architecture` (`gemma3`).
+/// as a llama.cpp LoRA GGUF for the base model `base` (a Gemma 3 GGUF),
+/// after checking every tensor against that base and the adapter's config.
 /// The file is written to a temporary name and renamed.
-pub fn export_peft_as_gguf(adapter_dir: &Path, architecture: &str, out: &Path) -> Result<LoraExport, ModelError> {
-    let cfg_path = adapter_dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Io(cfg_path.clone(), e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", cfg_path.display())))?;
-    let r = v["r"].as_f64().ok_or_else(|| ModelError::Format(format!("{}: no `r`", cfg_path.display())))?;
-    let alpha = v["lora_alpha"].as_f64().unwrap_or(r) as f32;
+pub fn export_peft_as_gguf(adapter_dir: &Path, base: &Path, out: &Path) -> Result<LoraExport, ModelError> {
+    let cfg = crate::gemma3::Config::from_file(base)?;
+    // The one architecture tunegate's base models have (Config reads Gemma 3).
+    let architecture = "gemma3";
+    let (r, alpha) = crate::gemma3::adapter_config(adapter_dir)?;
+    let alpha = alpha as f32;
     let st = adapter_dir.join("adapter_model.safetensors");
     let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
+    // Checked against the base before anything is written.
+    let pairs = crate::gemma3::check_adapter(&cfg, &st, r, &tensors)?;
     // (gguf name, rows, cols, data), sorted for a stable file.
     let mut items: Vec<(String, usize, usize, Vec<f32>)> = vec![];
-    let mut keys: Vec<&String> = tensors.keys().collect();
-    keys.sort();
-    for k in keys {
-        let (stem, which) = match (k.strip_suffix(".lora_A.weight"), k.strip_suffix(".lora_B.weight")) {
-            (Some(s), _) => (s, "lora_a"),
-            (_, Some(s)) => (s, "lora_b"),
-            _ => continue,
-        };
-        let rest = stem.split(".layers.").nth(1).ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-        let (li, module) = rest.split_once('.').ok_or_else(|| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
-        let li: usize = li.parse().map_err(|_| ModelError::Format(format!("{}: unexpected key {k}", st.display())))?;
+    for ((li, short), (a, b)) in &pairs {
+        let module = crate::gemma3::TARGETS.iter().find(|(s, _)| s == short).map(|(_, m)| *m).unwrap_or_default();
         let base = GGUF_NAMES.iter().find(|(m, _)| *m == module).map(|(_, g)| *g).ok_or_else(|| ModelError::Format(format!("{}: module {module} has no GGUF name", st.display())))?;
-        let t = tensors[k].to_dtype(DType::F32).map_err(ModelError::candle)?;
-        let (rows, cols) = t.dims2().map_err(ModelError::candle)?;
-        let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(ModelError::candle)?;
-        items.push((format!("blk.{li}.{base}.weight.{which}"), rows, cols, data));
+        for (t, which) in [(a, "lora_a"), (b, "lora_b")] {
+            let (rows, cols) = t.dims2().map_err(ModelError::candle)?;
+            let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(ModelError::candle)?;
+            items.push((format!("blk.{li}.{base}.weight.{which}"), rows, cols, data));
+        }
     }
+    items.sort_by(|x, y| x.0.cmp(&y.0));
     if items.is_empty() {
         return Err(ModelError::Format(format!("{}: no LoRA tensors", st.display())));
     }
@@ -146,7 +142,11 @@ mod tests {
         candle_core::safetensors::save(&m, dir.path().join("adapter_model.safetensors")).unwrap();
         std::fs::write(dir.path().join("adapter_config.json"), r#"{"r": 8, "lora_alpha": 16}"#).unwrap();
         let out = dir.path().join("a.gguf");
-        let e = export_peft_as_gguf(dir.path(), "gemma3", &out).unwrap();
+        let Ok(base) = crate::resolve_model("gemma-3-270m") else {
+            eprintln!("SKIPPED: the embedded model is absent (scripts/fetch-model.sh); the export needs it to check the adapter");
+            return;
+        };
+        let e = export_peft_as_gguf(dir.path(), &base, &out).unwrap();
         assert_eq!((e.tensors, e.rank, e.alpha), (2, 8, 16.0));
         let g = crate::GgufFile::open(&out).unwrap();
         assert_eq!(g.get("general.type").and_then(|v| v.as_str()), Some("adapter"));
@@ -155,5 +155,39 @@ mod tests {
         let names: Vec<String> = g.tensors.iter().map(|t| format!("{} {:?}", t.name, t.dims)).collect();
         assert_eq!(names, vec!["blk.3.attn_q.weight.lora_a [640, 8]", "blk.3.attn_q.weight.lora_b [8, 1024]"]);
         assert_eq!(std::fs::metadata(&out).unwrap().len(), e.bytes);
+    }
+
+    fn gemma_270m() -> crate::gemma3::Config {
+        crate::gemma3::Config { n_layer: 18, d_model: 640, n_head: 4, n_kv_head: 1, head_dim: 256, ffn_dim: 2048, vocab_size: 262144, context_length: 32768, rope_base_global: 1e6, rope_base_local: 1e4, sliding_window: 512, swa_pattern: 6, rms_eps: 1e-6, attn_scale: 0.0625 }
+    }
+
+    fn pair(a: (usize, usize), b: (usize, usize), nan: bool) -> HashMap<String, Tensor> {
+        let mut av = vec![0.01f32; a.0 * a.1];
+        if nan {
+            av[3] = f32::NAN;
+        }
+        let mut m = HashMap::new();
+        m.insert("base_model.model.model.layers.2.mlp.down_proj.lora_A.weight".to_string(), Tensor::from_vec(av, a, &Device::Cpu).unwrap());
+        m.insert("base_model.model.model.layers.2.mlp.down_proj.lora_B.weight".to_string(), Tensor::from_vec(vec![0.0f32; b.0 * b.1], b, &Device::Cpu).unwrap());
+        m
+    }
+
+    #[test]
+    fn adapters_are_checked_against_the_base_and_their_config() {
+        let cfg = gemma_270m();
+        let st = std::path::Path::new("adapter_model.safetensors");
+        // down: 2048 in, 640 out.
+        assert!(crate::gemma3::check_adapter(&cfg, st, 4, &pair((4, 2048), (640, 4), false)).is_ok());
+        for (t, r, what) in [
+            (pair((4, 640), (2048, 4), false), 4, "has shape [4, 640]"),
+            (pair((4, 2048), (640, 4), false), 8, "r = 8"),
+            (pair((4, 2048), (640, 4), true), 4, "non-finite"),
+        ] {
+            let e = crate::gemma3::check_adapter(&cfg, st, r, &t).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("adapter_model.safetensors"), "{e}");
+        }
+        let mut lone = pair((4, 2048), (640, 4), false);
+        lone.retain(|k, _| k.contains("lora_A"));
+        assert!(crate::gemma3::check_adapter(&cfg, st, 4, &lone).unwrap_err().to_string().contains("pairs"));
     }
 }

@@ -274,6 +274,12 @@ impl LocalProvider {
         } else {
             tunegate_model::resolve_model(model).map_err(|e| ProviderError::Config(e.to_string()))?
         };
+        // A file that is not a readable GGUF model is a configuration error
+        // now, before a run is created, not one error per case later.
+        tunegate_model::GgufFile::open(&path).map_err(|e| ProviderError::Config(format!("provider `{name}`: {e}")))?;
+        if let Some(a) = &adapter {
+            tunegate_model::gemma3::check_adapter_dir(&path, a).map_err(|e| ProviderError::Config(format!("provider `{name}`: {e}")))?;
+        }
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         // The adapter's content, not just its path, defines the cache identity.
         let adapter_id = adapter.as_ref().map(|a| {

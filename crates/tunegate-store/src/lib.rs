@@ -23,6 +23,9 @@ pub enum StoreError {
     NoRun(String),
     #[error("`{0}` matches several runs; give more of the id (see `tunegate runs`)")]
     Ambiguous(String),
+    /// A run selector that is not one: `latest~x`, `latest~`, an empty id.
+    #[error("`{0}` is not a run: use a run id (or its start), `latest`, or `latest~N` with N a whole number of runs back (see `tunegate runs`)")]
+    BadSelector(String),
     #[error("cannot create {0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -402,11 +405,22 @@ impl Store {
     }
 
     /// Resolves `latest`, `latest~N` (N runs before the latest) or a unique
-    /// id prefix to a run.
+    /// id prefix to a run. Anything else that starts `latest~`, and an empty
+    /// selector (a prefix of every id), is refused rather than read as
+    /// `latest`.
     pub fn resolve_run(&self, sel: &str) -> Result<RunInfo> {
+        let bad = || StoreError::BadSelector(sel.to_string());
+        if sel.trim().is_empty() {
+            return Err(bad());
+        }
         if sel == "latest" || sel.starts_with("latest~") {
-            let back: usize = sel.strip_prefix("latest~").and_then(|n| n.parse().ok()).unwrap_or(0);
-            let runs = self.list_runs(back + 1)?;
+            // `latest~N`: N digits only (no sign, no space), small enough to be a count.
+            let back: usize = match sel.strip_prefix("latest~") {
+                None => 0,
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().map_err(|_| bad())?,
+                Some(_) => return Err(bad()),
+            };
+            let runs = self.list_runs(back.saturating_add(1))?;
             return runs.into_iter().nth(back).ok_or_else(|| StoreError::NoRun(sel.to_string()));
         }
         if let Ok(r) = self.get_run(sel) {

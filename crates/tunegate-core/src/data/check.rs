@@ -127,7 +127,18 @@ pub fn load_task_files(task: &Task) -> Result<Vec<LoadedFile>, DataError> {
     let mut files = vec![];
     for (role, path) in [(Role::Examples, task.examples_path()), (Role::Eval, task.eval_path())] {
         if let Some(p) = path {
-            files.push(LoadedFile { role, load: load_cases_tolerant(&p)?, path: p });
+            let mut load = load_cases_tolerant(&p)?;
+            // A record of the wrong type for the task's kind is a bad line.
+            let (kind, mut typed) = (task.kind(), vec![]);
+            for c in std::mem::take(&mut load.cases) {
+                match crate::dataset::type_error(kind, &p, &c) {
+                    Some(e) => load.bad_lines.push(e),
+                    None => typed.push(c),
+                }
+            }
+            load.cases = typed;
+            load.bad_lines.sort_by_key(|e| e.line);
+            files.push(LoadedFile { role, load, path: p });
         }
     }
     if files.is_empty() {
