@@ -80,10 +80,17 @@ const CASE_KEYS: &[&str] = &["id", "input", "vars", "expected", "tags", "assert"
 /// Reads cases from a `.jsonl`/`.json` (one object per line) or `.csv` file.
 pub fn load_cases(path: &Path) -> Result<Vec<Case>, InputError> {
     let text = crate::error::read_text(path, "dataset", "check the path under `data:` in the task file")?;
+    parse_cases(path, &text)
+}
+
+/// Cases from the text of a dataset file; `path` gives the format (by its
+/// extension) and the name in errors. The loader without the file system,
+/// as the fuzz tests drive it.
+pub fn parse_cases(path: &Path, text: &str) -> Result<Vec<Case>, InputError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut cases = match ext.as_str() {
-        "csv" => parse_csv(path, &text, None)?,
-        "jsonl" | "json" | "ndjson" => parse_jsonl(path, &text, None)?,
+        "csv" => parse_csv(path, text, None)?,
+        "jsonl" | "json" | "ndjson" => parse_jsonl(path, text, None)?,
         other => {
             return Err(InputError::new(path, format!("unsupported dataset extension `.{other}`")).hint("use .jsonl or .csv"))
         }
@@ -376,7 +383,7 @@ pub fn type_error(kind: TaskKind, path: &Path, c: &Case) -> Option<InputError> {
     if ok {
         None
     } else {
-        at("expected", format!("must be {want} for a {} task, not {}", kind.as_str(), what(e)))
+        at("expected", format!("must be {want} for the task's kind ({}), not {}", kind.as_str(), what(e)))
     }
 }
 

@@ -127,17 +127,7 @@ pub fn load_task_files(task: &Task) -> Result<Vec<LoadedFile>, DataError> {
     let mut files = vec![];
     for (role, path) in [(Role::Examples, task.examples_path()), (Role::Eval, task.eval_path())] {
         if let Some(p) = path {
-            let mut load = load_cases_tolerant(&p)?;
-            // A record of the wrong type for the task's kind is a bad line.
-            let (kind, mut typed) = (task.kind(), vec![]);
-            for c in std::mem::take(&mut load.cases) {
-                match crate::dataset::type_error(kind, &p, &c) {
-                    Some(e) => load.bad_lines.push(e),
-                    None => typed.push(c),
-                }
-            }
-            load.cases = typed;
-            load.bad_lines.sort_by_key(|e| e.line);
+            let load = load_cases_tolerant(&p)?;
             files.push(LoadedFile { role, load, path: p });
         }
     }
@@ -178,6 +168,11 @@ pub fn check_files(task: &Task, files: &[LoadedFile], counter: Option<&dyn Token
             findings.push(Finding::new(FindingKind::Malformed, &f.path, e.line.into_iter().collect(), msg));
         }
         for c in &f.load.cases {
+            // A record of the wrong type for the task's kind breaks the contract.
+            if let Some(e) = crate::dataset::type_error(kind, &f.path, c) {
+                findings.push(Finding::new(FindingKind::Contract, &f.path, vec![c.line], format!("{}: {}", e.field.as_deref().unwrap_or(""), e.message)));
+                continue;
+            }
             if c.input_text().trim().is_empty() || c.vars.values().all(|v| v.as_str().map(|s| s.trim().is_empty()).unwrap_or(false)) {
                 findings.push(Finding::new(FindingKind::EmptyInput, &f.path, vec![c.line], "the input is empty"));
             }
