@@ -130,17 +130,19 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 /// token to report (None: no `logprobs`).
 type Parsed = (String, tunegate_core::Params, bool, Option<std::path::PathBuf>, Option<usize>);
 
-fn parse_request(state: &AppState, body: &Bytes, chat: bool) -> Result<Parsed, Response> {
-    if body.len() > state.max_body {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("body over {} bytes", state.max_body)));
+/// `served` maps a fine-tuned model's name to its adapter; no state
+/// beyond it, so the property test drives this without a model.
+fn parse_request(max_body: usize, model_id: &str, served: &dyn Fn(&str) -> Option<std::path::PathBuf>, body: &[u8], chat: bool) -> Result<Parsed, Response> {
+    if body.len() > max_body {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("body over {max_body} bytes")));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("body is not valid JSON: {e}")))?;
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid_request_error", m.to_string());
     let mut adapter = None;
     if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
-        if m != state.model_id {
-            match state.ft.served.lock().unwrap().get(m) {
-                Some(dir) => adapter = Some(dir.clone()),
+        if m != model_id {
+            match served(m) {
+                Some(dir) => adapter = Some(dir),
                 None => return Err(error(StatusCode::NOT_FOUND, "model_not_found", format!("model `{m}` is not served here; GET /v1/models lists what is"))),
             }
         }
@@ -273,7 +275,8 @@ async fn handle(state: Arc<AppState>, headers: HeaderMap, body: Bytes, chat: boo
     if let Err(r) = authorize(state.api_key.as_deref(), &headers) {
         return r;
     }
-    let (text, params, stream, adapter, logprobs) = match parse_request(&state, &body, chat) {
+    let served = |m: &str| state.ft.served.lock().ok()?.get(m).cloned();
+    let (text, params, stream, adapter, logprobs) = match parse_request(state.max_body, &state.model_id, &served, &body, chat) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -389,3 +392,19 @@ where
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
+#[cfg(test)]
+#[path = "../../tunegate-core/tests/support/mutate.rs"]
+mod mutate;
+
+/// Issue 18: the request parser answers every mutated body (a request or a
+/// 4xx), never panics; `TUNEGATE_FUZZ_ITERS` inputs, as the other parsers.
+#[test]
+fn the_request_parser_never_panics() {
+    let seeds = [
+        r#"{"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 4, "stop": ["
+", "."], "seed": 7, "logprobs": true, "top_logprobs": 2}"#,
+        r#"{"model": "ft:m:1", "prompt": "Once", "max_completion_tokens": 3, "logprobs": 2, "stream": false, "stop": "x"}"#,
+    ];
+    let served = |m: &str| (m == "ft:m:1").then(|| std::path::PathBuf::from("/adapters/1"));
+    mutate::fuzz("serve-request", &seeds.map(|s| s.as_bytes().to_vec()), |b| parse_request(1 << 16, "m", &served, b, true).is_ok() | parse_request(1 << 16, "m", &served, b, false).is_ok());
+}
