@@ -80,8 +80,6 @@ pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8]) -> bool + std:
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x7e57_0000 ^ name.len() as u64);
     let n = iterations();
     let (mut accepted, mut panics) = (0usize, vec![]);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     for s in seeds {
         assert!(std::panic::catch_unwind(|| target(s)).is_ok(), "{name}: a seed panics");
     }
@@ -92,7 +90,6 @@ pub fn fuzz(name: &str, seeds: &[Vec<u8>], target: impl Fn(&[u8]) -> bool + std:
             Err(e) => panics.push((input, e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
         }
     }
-    std::panic::set_hook(hook);
     println!("{{\"fuzz\":\"{name}\",\"inputs\":{n},\"panics\":{},\"accepted\":{accepted}}}", panics.len());
     if let Some((input, msg)) = panics.first() {
         panic!("{name}: {} of {n} inputs panicked; the first ({} bytes): {msg}\n{:?}", panics.len(), input.len(), String::from_utf8_lossy(input));
