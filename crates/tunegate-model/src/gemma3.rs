@@ -493,7 +493,12 @@ impl Gemma3 {
 pub fn check_adapter(cfg: &Config, st: &Path, r: usize, tensors: &std::collections::HashMap<String, Tensor>) -> Result<std::collections::BTreeMap<(usize, String), (Tensor, Tensor)>, ModelError> {
     let bad = |m: String| ModelError::Format(format!("{}: {m}", st.display()));
     let mut out = std::collections::BTreeMap::new();
-    for (k, t) in tensors {
+    // Sorted, so that a broken adapter always reports the same first error
+    // (a HashMap's order changes from run to run).
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for k in keys {
+        let t = &tensors[k];
         let (stem, is_a) = match (k.strip_suffix(".lora_A.weight"), k.strip_suffix(".lora_B.weight")) {
             (Some(s), _) => (s, true),
             (_, Some(s)) => (s, false),
