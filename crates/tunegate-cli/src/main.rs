@@ -19,8 +19,6 @@ mod review;
 mod review_session;
 mod review_tui;
 mod serve;
-mod serve_ft;
-mod serve_http;
 mod tune;
 mod output;
 mod prompt;

@@ -1,9 +1,10 @@
 //! `local:NAME|PATH`: the embedded model, in this process.
 //!
 //! One model per file is loaded once per process and shared. A worker
-//! thread owns it and serves a queue: requests from concurrent cases that
-//! arrive together are generated as one batch (one forward call per decode
-//! step for all of them), so `--concurrency` turns into batch size.
+//! thread owns it and batches continuously: requests from concurrent cases
+//! (or `serve`'s clients) decode together, one forward call per step for
+//! all of them, and a new request joins at the next step instead of
+//! waiting for the batch to end, so `--concurrency` turns into batch size.
 
 use crate::{Provider, ProviderError, Request, Response};
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tunegate_model::engine::{GenParams, LocalModel};
+use tunegate_model::engine::{Decoder, GenParams, Generation, LocalModel};
 use tunegate_model::sample::SamplingParams;
 
 /// Most sequences decoded together in one batch.
@@ -48,6 +49,7 @@ pub struct Job {
 pub struct LocalEngine {
     tx: Mutex<mpsc::Sender<Job>>,
     pub model: Arc<LocalModel>,
+    pub load: Arc<Load>,
 }
 
 type Key = (PathBuf, Option<PathBuf>);
@@ -72,12 +74,13 @@ impl LocalEngine {
         }
         let model = Arc::new(LocalModel::load_with_adapter(path, adapter).map_err(|e| ProviderError::Config(format!("cannot load the local model {}{}: {e}", path.display(), adapter.map(|a| format!(" with adapter {}", a.display())).unwrap_or_default())))?);
         let (tx, rx) = mpsc::channel::<Job>();
-        let m = model.clone();
+        let (m, load) = (model.clone(), Arc::new(Load::default()));
+        let l = load.clone();
         std::thread::Builder::new()
             .name("tunegate-local-model".into())
-            .spawn(move || serve(m, rx))
+            .spawn(move || serve(m, rx, l))
             .map_err(|e| ProviderError::Config(format!("cannot start the model thread: {e}")))?;
-        let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model });
+        let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model, load });
         reg.insert(key, w.clone());
         Ok(w)
     }
@@ -96,27 +99,117 @@ impl LocalEngine {
     }
 }
 
-fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        // Give concurrent cases a moment to join the batch.
-        let deadline = std::time::Instant::now() + Duration::from_millis(3);
-        while batch.len() < MAX_BATCH {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+/// Prompt tokens prefilled per decoding step while other sequences decode:
+/// a long prompt delays everyone else's next token by at most one forward
+/// call of this many tokens.
+const PREFILL_PER_STEP: usize = 128;
+
+/// The model thread: continuous batching. Requests join the running batch
+/// at the next decoding step (at most [`MAX_BATCH`] at once, the rest
+/// wait in arrival order), leave it when done, and are dropped at the next
+/// step once their caller is gone (the reply's receiver dropped, or a
+/// stream's). Requests that score `choices` are answered between steps.
+fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>, load: Arc<Load>) {
+    let mut d = Decoder::default();
+    let mut waiting: std::collections::VecDeque<Job> = Default::default();
+    let mut live: HashMap<u64, Job> = HashMap::new();
+    let mut next_key = 0u64;
+    loop {
+        if d.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(j) => waiting.push_back(j),
+                Err(_) => return,
+            }
+            // Give concurrent cases a moment to join (an eval's cases
+            // arrive together and share their prompt's prefix).
+            let deadline = std::time::Instant::now() + Duration::from_millis(3);
+            while waiting.len() < MAX_BATCH {
+                match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(j) => waiting.push_back(j),
+                    Err(_) => break,
+                }
             }
         }
-        let asks: Vec<Ask> = batch.iter().map(|j| Ask { tokens: j.tokens.clone(), params: j.params.clone(), choices: j.choices.clone() }).collect();
-        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<String>>> = batch.iter().map(|j| j.stream.clone()).collect();
-        let mut on_text = |i: usize, delta: &str| match &streams[i] {
-            Some(s) => s.send(delta.to_string()).is_ok(),
-            None => true,
-        };
-        for (j, r) in batch.into_iter().zip(answer_batch(&model, &asks, &mut on_text)) {
-            let _ = j.reply.send(r);
+        while let Ok(j) = rx.try_recv() {
+            waiting.push_back(j);
         }
+        waiting.retain(|j| !j.reply.is_closed());
+        for key in d.keys() {
+            if live.get(&key).is_none_or(|j| j.reply.is_closed()) {
+                d.cancel(key);
+                live.remove(&key);
+            }
+        }
+        let (mut scoring, rest): (Vec<Job>, Vec<Job>) = waiting.drain(..).partition(|j| j.choices.is_some());
+        waiting.extend(rest);
+        while !scoring.is_empty() {
+            let chunk: Vec<Job> = scoring.drain(..scoring.len().min(MAX_BATCH)).collect();
+            let asks: Vec<Ask> = chunk.iter().map(|j| Ask { tokens: j.tokens.clone(), params: j.params.clone(), choices: j.choices.clone() }).collect();
+            let answers = answer_batch(&model, &asks, &mut |i: usize, delta: &str| chunk[i].stream.as_ref().is_none_or(|s| s.send(delta.to_string()).is_ok()));
+            for (j, r) in chunk.into_iter().zip(answers) {
+                let _ = j.reply.send(r);
+            }
+        }
+        let n = MAX_BATCH.saturating_sub(d.len()).min(waiting.len());
+        let joining: Vec<Job> = waiting.drain(..n).collect();
+        if !joining.is_empty() {
+            let seqs = joining.iter().enumerate().map(|(i, j)| (next_key + i as u64, j.tokens.clone(), j.params.clone())).collect();
+            for ((i, j), r) in joining.into_iter().enumerate().zip(model.admit(&mut d, seqs)) {
+                match r {
+                    Ok(()) => {
+                        live.insert(next_key + i as u64, j);
+                    }
+                    Err(e) => {
+                        let _ = j.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            next_key += MAX_BATCH as u64;
+        }
+        load.set(d.len(), waiting.len());
+        if d.is_empty() {
+            continue;
+        }
+        let mut on_text = |k: u64, delta: &str| live.get(&k).and_then(|j| j.stream.as_ref()).is_none_or(|s| s.send(delta.to_string()).is_ok());
+        match model.step(&mut d, PREFILL_PER_STEP, &mut on_text) {
+            Ok(done) => {
+                for (k, g) in done {
+                    if let Some(j) = live.remove(&k) {
+                        let _ = j.reply.send(completion(g));
+                    }
+                }
+            }
+            Err(e) => {
+                d = Decoder::default();
+                for (_, j) in live.drain() {
+                    let _ = j.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        load.set(d.len(), waiting.len());
+    }
+}
+
+fn completion(g: Generation) -> Result<Completion, String> {
+    Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason, tokens: g.tokens, logprobs: g.logprobs, top_logprobs: g.top_logprobs })
+}
+
+/// How busy a model thread is: sequences in its batch and requests
+/// waiting for a place (what `serve`'s `/health` reports).
+#[derive(Default)]
+pub struct Load {
+    running: std::sync::atomic::AtomicUsize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Load {
+    fn set(&self, running: usize, waiting: usize) {
+        self.running.store(running, std::sync::atomic::Ordering::Relaxed);
+        self.waiting.store(waiting, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// (running, waiting).
+    pub fn get(&self) -> (usize, usize) {
+        (self.running.load(std::sync::atomic::Ordering::Relaxed), self.waiting.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -162,7 +255,7 @@ pub fn answer_batch(model: &LocalModel, asks: &[Ask], on_text: &mut dyn FnMut(us
         match model.generate_batch_stream(&inputs, &mut on_gen) {
             Ok(gens) => {
                 for (&i, g) in gen_idx.iter().zip(gens) {
-                    out[i] = Some(Ok(Completion { text: g.text, prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens.len(), finish_reason: g.finish_reason, tokens: g.tokens, logprobs: g.logprobs, top_logprobs: g.top_logprobs }));
+                    out[i] = Some(completion(g));
                 }
             }
             Err(e) => {
