@@ -187,9 +187,18 @@ fn fine_tuning_endpoints_train_and_serve_the_tuned_model() {
     // Unknown jobs and bad uploads get JSON errors.
     assert_eq!(http(srv.port, "GET", "/v1/fine_tuning/jobs/nope", Some("ft-key"), "").0, 404);
     assert_eq!(http(srv.port, "POST", "/v1/fine_tuning/jobs", Some("ft-key"), r#"{"model": "gemma-3-270m", "training_file": "file-none"}"#).0, 400);
-    // Hyper-parameters go through tune's settings: out of range is 400, naming the field.
-    for (h, field) in [(r#"{"n_epochs": -1}"#, "hyperparameters.epochs"), (r#"{"batch_size": 0}"#, "hyperparameters.batch_size"), (r#"{"learning_rate_multiplier": -5}"#, "hyperparameters.learning_rate")] {
+    // Issue 17 (7): hyper-parameters checked at creation, before the file:
+    // out of range or of the wrong type is 400 with `param` naming the field.
+    for (h, field) in [
+        (r#"{"n_epochs": -1}"#, "hyperparameters.n_epochs"),
+        (r#"{"n_epochs": 2.5}"#, "hyperparameters.n_epochs"),
+        (r#"{"batch_size": 0}"#, "hyperparameters.batch_size"),
+        (r#"{"learning_rate_multiplier": -5}"#, "hyperparameters.learning_rate_multiplier"),
+        (r#"{"learning_rate_multiplier": "fast"}"#, "hyperparameters.learning_rate_multiplier"),
+        (r#"{"warmup": 3}"#, "hyperparameters.warmup"),
+    ] {
         let (st, body) = http(srv.port, "POST", "/v1/fine_tuning/jobs", Some("ft-key"), &format!(r#"{{"model": "gemma-3-270m", "training_file": "file-none", "hyperparameters": {h}}}"#));
-        assert!(st == 400 && body.contains(field), "{h}: {st} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(st == 400 && v["error"]["param"] == field, "{h}: {st} {body}");
     }
 }
