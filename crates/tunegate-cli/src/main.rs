@@ -65,6 +65,7 @@ fn keep_freed_memory() {
     // SAFETY: sets one integer option; mimalloc reads options at use time.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
+
 use std::process::ExitCode;
 
 #[derive(Parser)]

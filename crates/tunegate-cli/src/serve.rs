@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// `max_tokens` of a request that gives none (never more than the context left).
     #[arg(long, default_value_t = 1024, value_parser = crate::args::at_least_one)]
     pub default_max_tokens: usize,
+    /// Fine-tuned models kept loaded at once (each about 300 MB); others
+    /// are loaded again when asked for.
+    #[arg(long, default_value_t = 2, value_parser = crate::args::at_least_one)]
+    pub max_tuned_loaded: usize,
     /// Where uploaded training files, fine-tuned adapters and job records are
     /// kept (default: the model cache's `serve/` directory).
     #[arg(long)]
@@ -68,6 +72,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     }
     let path = tunegate_model::resolve_model(&a.model).map_err(|e| crate::args::usage(e.to_string()))?;
     eprintln!("loading {} ...", path.display());
+    LocalEngine::set_max_adapter_engines(a.max_tuned_loaded);
     let engine = LocalEngine::get(&path).context("loading the model")?;
     let model_id = if a.model.ends_with(".gguf") { path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default() } else { a.model.clone() };
     let state_dir = match a.state_dir.clone() {

@@ -54,9 +54,17 @@ pub struct LocalEngine {
 
 type Key = (PathBuf, Option<PathBuf>);
 
-fn registry() -> &'static Mutex<HashMap<Key, Arc<LocalEngine>>> {
-    static R: OnceLock<Mutex<HashMap<Key, Arc<LocalEngine>>>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(HashMap::new()))
+/// Engines with an adapter kept loaded at once (default 4, enough for an
+/// eval comparing several tuned models). Each holds its own copy of the
+/// base weights (about 300 MB for the embedded model): past the bound the
+/// least recently used is let go, and loaded again (a second or so) when
+/// asked for again. `serve` lowers it (`--max-tuned-loaded`).
+static MAX_ADAPTER_ENGINES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+
+/// Loaded engines, the most recently used last.
+fn registry() -> &'static Mutex<Vec<(Key, Arc<LocalEngine>)>> {
+    static R: OnceLock<Mutex<Vec<(Key, Arc<LocalEngine>)>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(vec![]))
 }
 
 impl LocalEngine {
@@ -69,8 +77,11 @@ impl LocalEngine {
     pub fn get_with(path: &Path, adapter: Option<&Path>) -> Result<Arc<LocalEngine>, ProviderError> {
         let key = (path.to_path_buf(), adapter.map(Path::to_path_buf));
         let mut reg = registry().lock().unwrap();
-        if let Some(w) = reg.get(&key) {
-            return Ok(w.clone());
+        if let Some(i) = reg.iter().position(|(k, _)| *k == key) {
+            let e = reg.remove(i);
+            let w = e.1.clone();
+            reg.push(e);
+            return Ok(w);
         }
         let model = Arc::new(LocalModel::load_with_adapter(path, adapter).map_err(|e| ProviderError::Config(format!("cannot load the local model {}{}: {e}", path.display(), adapter.map(|a| format!(" with adapter {}", a.display())).unwrap_or_default())))?);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -81,8 +92,19 @@ impl LocalEngine {
             .spawn(move || serve(m, rx, l))
             .map_err(|e| ProviderError::Config(format!("cannot start the model thread: {e}")))?;
         let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model, load });
-        reg.insert(key, w.clone());
+        reg.push((key, w.clone()));
+        // An evicted engine's thread ends (and its weights are freed) once
+        // the requests holding it are answered.
+        while reg.iter().filter(|(k, _)| k.1.is_some()).count() > MAX_ADAPTER_ENGINES.load(std::sync::atomic::Ordering::Relaxed).max(1) {
+            let oldest = reg.iter().position(|(k, _)| k.1.is_some()).unwrap_or(0);
+            reg.remove(oldest);
+        }
         Ok(w)
+    }
+
+    /// How many engines with an adapter stay loaded at once (at least 1).
+    pub fn set_max_adapter_engines(n: usize) {
+        MAX_ADAPTER_ENGINES.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues a job; the answer arrives on the job's `reply`.

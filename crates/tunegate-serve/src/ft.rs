@@ -41,6 +41,8 @@ pub struct FtState {
     max_body: usize,
     max_upload: usize,
     body_timeout: std::time::Duration,
+    /// The fine-tuning worker's queue, started with the first job.
+    worker: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Queued>>>,
 }
 
 #[derive(Clone)]
@@ -182,6 +184,7 @@ impl FtState {
             max_body: cfg.max_body,
             max_upload: cfg.max_upload,
             body_timeout: cfg.body_timeout,
+            worker: Default::default(),
         })
     }
     fn next(&self, prefix: &str) -> String {
@@ -383,17 +386,33 @@ fn create_job(ft: &Arc<FtState>, body: &[u8]) -> Result<Value, ApiError> {
     ft.jobs.lock().unwrap().push(job.clone());
     job.event("info", format!("Created fine-tuning job {}", job.id), json!({}));
     job.save(&ft.dir);
-    let (ft2, j) = (ft.clone(), job.clone());
-    let base = ft.model_id.clone();
-    std::thread::spawn(move || {
-        let r = run_job(&ft2, &ft2.engine.model.tokenizer, &j, &path, &settings, &base, &suffix);
-        if let Err(e) = r {
+    let queue = ft.worker.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
+        let ft = ft.clone();
+        std::thread::Builder::new().name("tunegate-fine-tuning".into()).spawn(move || work(&ft, rx)).ok();
+        Mutex::new(tx)
+    });
+    queue.lock().unwrap().send((job.clone(), path, settings, suffix)).map_err(|_| ApiError::server("the fine-tuning worker stopped"))?;
+    Ok(job.json())
+}
+
+/// A job waiting for the worker: the job, its training file, settings, suffix.
+type Queued = (Arc<Job>, PathBuf, Settings, String);
+
+/// The one fine-tuning thread: jobs run one after another, in the order
+/// they were created (`queued` until their turn): on a CPU two at once
+/// would only halve each one's speed and double the peak memory.
+fn work(ft: &FtState, rx: std::sync::mpsc::Receiver<Queued>) {
+    while let Ok((j, path, settings, suffix)) = rx.recv() {
+        if j.stop.load(Ordering::Relaxed) {
+            continue; // cancelled while queued
+        }
+        if let Err(e) = run_job(ft, &ft.engine.model.tokenizer, &j, &path, &settings, &ft.model_id, &suffix) {
             *j.error.lock().unwrap() = Some(e.clone());
             j.event("error", format!("Training failed: {e}"), json!({}));
-            j.set_status(&ft2.dir, "failed");
+            j.set_status(&ft.dir, "failed");
         }
-    });
-    Ok(job.json())
+    }
 }
 
 /// A job's settings: OpenAI's hyper-parameters (`n_epochs`, `batch_size`,
