@@ -21,7 +21,7 @@ rerun. Prints the markdown table of BENCHMARKS.md from RESULTS at the end.
 """
 import json, os, random, shutil, subprocess, sys, tempfile, time
 
-TASKS = ["spam-subjects", "icd10cm-chapter", "person-name-parts", "linn-county-addresses", "person-name-reorder"]
+TASKS = ["spam-subjects", "icd10cm-chapter", "person-name-parts", "person-name-reorder", "us-address-parts", "linn-county-addresses"]
 
 
 def arg(name, default):
