@@ -88,8 +88,9 @@ pub const ALL_LINEAR: &[&str] = &["q", "k", "v", "o", "gate", "up", "down"];
 /// tokens: rank 8 on q and v learns it in 2 to 3 epochs and trains fastest.
 /// A JSON object or a rewritten text is many tokens whose form and content
 /// both have to be learnt: adapters on every linear layer at rank 16 and
-/// more epochs learn it (extraction: 3x the pass rate of the classification
-/// recipe on the same data), with early stopping on the validation metric
+/// more epochs learn it (extraction: 1.14x and 2.13x the eval pass rate of
+/// the old r8 q,v 3-epoch recipe on two real sets, 63.0% vs 55.5% and 58.5%
+/// vs 27.5%), with early stopping on the validation metric
 /// so a task that learns fast does not pay for the extra epochs.
 pub const RECIPES: &[Recipe] = &[
     Recipe { name: "classification", rank: 8, alpha: 16.0, targets: &["q", "v"], epochs: 3, learning_rate: 1e-3, early_stopping_patience: None },
