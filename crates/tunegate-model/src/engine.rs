@@ -120,10 +120,6 @@ impl Decoder {
     pub fn keys(&self) -> Vec<u64> {
         self.live.iter().map(|s| s.key).collect()
     }
-    /// Sequences whose prompt is in the cache and that are generating.
-    pub fn decoding(&self) -> usize {
-        self.live.iter().filter(|s| s.gen.prompt_tokens > 0 && s.cache.len() >= s.prompt.len()).count()
-    }
     /// Drops a sequence (its client went away); what it had generated,
     /// with finish reason `cancelled`.
     pub fn cancel(&mut self, key: u64) -> Option<Generation> {
@@ -342,17 +338,25 @@ impl LocalModel {
 
     /// Adds sequences to a running [`Decoder`]; their prompts are prefilled
     /// by the coming [`Self::step`]s, in chunks, while the others decode.
-    /// Prompts that arrive together share their common prefix (computed
-    /// once). A prompt that is empty or does not fit the context is
-    /// refused alone; the others join.
+    /// A prompt that is empty or does not fit the context is refused alone;
+    /// the others join.
+    ///
+    /// Prompts that arrive together at an idle decoder (an eval's burst of
+    /// cases) first compute their common prefix once. Not while others
+    /// decode: that computation runs whole, and would stall them for longer
+    /// than one prefill chunk.
     pub fn admit(&self, d: &mut Decoder, seqs: Vec<(u64, Vec<u32>, GenParams)>) -> Vec<Result<(), ModelError>> {
-        let ok: Vec<Vec<u32>> = seqs.iter().filter(|(_, t, _)| self.check_prompt(t).is_ok()).map(|(_, t, _)| t.clone()).collect();
-        // A failed prefix computation only costs speed: each prompt is then
-        // prefilled whole.
-        let _ = self.share_batch_prefix(&ok);
+        let checks: Vec<Result<(), ModelError>> = seqs.iter().map(|(_, t, _)| self.check_prompt(t)).collect();
+        if d.is_empty() {
+            let ok: Vec<Vec<u32>> = seqs.iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|((_, t, _), _)| t.clone()).collect();
+            // A failed prefix computation only costs speed: each prompt is
+            // then prefilled whole.
+            let _ = self.share_batch_prefix(&ok);
+        }
         seqs.into_iter()
-            .map(|(key, prompt, params)| {
-                self.check_prompt(&prompt)?;
+            .zip(checks)
+            .map(|((key, prompt, params), check)| {
+                check?;
                 let cache = self.start_cache(&prompt);
                 d.live.push(Live::new(key, prompt, params, cache, None));
                 Ok(())

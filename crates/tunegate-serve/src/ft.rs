@@ -11,7 +11,7 @@
 //! with that reason, rather than shown as running forever.
 
 use axum::extract::{Multipart, Path as UrlPath, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use tunegate_tune::events::{TrainEvent, TrainSink};
 use tunegate_tune::local::Run;
 use tunegate_tune::{Overrides, Settings};
 
-use crate::http::{authorize, error, read_body, ApiError};
+use crate::http::{authorize, read_body, ApiError};
 use tunegate_providers::local::LocalEngine;
 
 pub struct FtState {
@@ -285,7 +285,7 @@ pub async fn upload(State(ft): State<Arc<FtState>>, req: Request) -> Response {
     let rec = FileRec { id: ft.next("file"), filename, bytes: bytes.len() as u64, created_at: chrono::Utc::now().timestamp() };
     let path = ft.file_path(&rec.id);
     if let Err(e) = std::fs::write(&path, &bytes).and_then(|_| std::fs::write(path.with_extension("json"), rec.json().to_string())) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("cannot store the file: {e}"));
+        return ApiError::server(format!("cannot store the file: {e}")).into_response();
     }
     ft.files.lock().unwrap().insert(rec.id.clone(), rec.clone());
     axum::Json(rec.json()).into_response()
@@ -521,25 +521,25 @@ pub async fn get(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id)
     ft.job(&id).map(|j| axum::Json(j.json()).into_response()).unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn events(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>, Query(q): Query<Page>) -> Response {
-    auth!(ft, &headers);
-    let j = match ft.job(&id) {
+/// A page of one of a job's lists (events, checkpoints), newest first as
+/// the API lists them.
+fn job_list(ft: &FtState, id: &str, q: &Page, list: impl Fn(&Job) -> Vec<Value>) -> Response {
+    let j = match ft.job(id) {
         Ok(j) => j,
         Err(e) => return e.into_response(),
     };
-    // Newest first, as the API lists them.
-    let evs: Vec<(String, Value)> = j.events.lock().unwrap().iter().rev().map(|e| (e["id"].as_str().unwrap_or("").to_string(), e.clone())).collect();
-    page(evs, &q).map(|v| axum::Json(v).into_response()).unwrap_or_else(IntoResponse::into_response)
+    let items: Vec<(String, Value)> = list(&j).into_iter().rev().map(|x| (x["id"].as_str().unwrap_or("").to_string(), x)).collect();
+    page(items, q).map(|v| axum::Json(v).into_response()).unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn events(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>, Query(q): Query<Page>) -> Response {
+    auth!(ft, &headers);
+    job_list(&ft, &id, &q, |j| j.events.lock().unwrap().clone())
 }
 
 pub async fn checkpoints(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>, Query(q): Query<Page>) -> Response {
     auth!(ft, &headers);
-    let j = match ft.job(&id) {
-        Ok(j) => j,
-        Err(e) => return e.into_response(),
-    };
-    let cks: Vec<(String, Value)> = j.checkpoints.lock().unwrap().iter().rev().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c.clone())).collect();
-    page(cks, &q).map(|v| axum::Json(v).into_response()).unwrap_or_else(IntoResponse::into_response)
+    job_list(&ft, &id, &q, |j| j.checkpoints.lock().unwrap().clone())
 }
 
 pub async fn cancel(State(ft): State<Arc<FtState>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {

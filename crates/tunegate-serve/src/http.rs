@@ -50,11 +50,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Shorthand kept for the handlers that only need a status and a message.
-pub fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(status, kind, message).into_response()
-}
-
 /// Checks `Authorization: Bearer KEY` when the server has a key.
 pub fn authorize(api_key: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
     let Some(key) = api_key else { return Ok(()) };
