@@ -49,6 +49,16 @@ pub struct EvalArgs {
     /// Significance level for --baseline.
     #[arg(long, default_value_t = 0.05)]
     pub alpha: f64,
+    /// Write the calls the cache cannot answer to FILE, one line each in
+    /// OpenAI's Batch input format, and leave them pending in the run: for
+    /// OpenAI's Batch API, vLLM `run-batch` or Ray Data.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["import_batch", "baseline", "threshold"])]
+    pub export_batch: Option<PathBuf>,
+    /// Answer a run's pending calls from an engine's output FILE (OpenAI's
+    /// Batch output format, any order) and score them; the run is the one
+    /// the file's ids name, or --resume RUN.
+    #[arg(long, value_name = "FILE")]
+    pub import_batch: Option<PathBuf>,
     /// Print the default grading prompt of `llm-rubric` assertions and exit.
     #[arg(long)]
     pub show_grader_prompt: bool,
@@ -103,6 +113,19 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     opts.repeat = a.repeat.max(1);
     opts.use_cache = !a.run.no_cache;
     opts.resume = a.resume.clone();
+    let batch = crate::batch::prepare(&a, &path, &mut opts)?;
+    // A resumed run continues its own prompts and providers, not the whole
+    // task's, unless the flags name others.
+    if let (Some(sel), true) = (&opts.resume, store_path_for(&path).exists()) {
+        let meta = Store::open(&store_path_for(&path))?.resolve_run(sel)?.meta;
+        let list = |k: &str| meta.get(k).and_then(|v| v.as_array()).map(|v| v.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>()).unwrap_or_default();
+        if a.prompts.is_empty() {
+            opts.only_prompts = list("prompts");
+        }
+        if a.providers.is_empty() {
+            opts.only_providers = list("providers");
+        }
+    }
     opts.max_retries = a.run.max_retries;
     opts.only_prompts = a.prompts.clone();
     let stop = opts.stop.clone();
@@ -120,6 +143,9 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     })?;
     progress.finish();
     let store = Store::open(&store_path_for(&path))?;
+    if let Some(code) = crate::batch::finish(&batch, &store, &outcome, &path)? {
+        return Ok(code);
+    }
     let summary = tunegate_run::summarize(&store, &outcome.run_id)?;
     // The baseline gate: every group the two runs share, compared paired.
     let gate = match &base_side {
@@ -157,6 +183,9 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
         return Ok(if outcome.interrupted { ExitCode::from(1) } else { ExitCode::SUCCESS });
     }
     let below = a.threshold.map(|t| summary.groups.iter().any(|g| g.pass_rate < t)).unwrap_or(false);
+    if outcome.interrupted && batch.is_some() {
+        return Ok(ExitCode::from(1));
+    }
     if outcome.interrupted {
         eprintln!("run {} is incomplete ({} of {} cases); continue with: tunegate eval -c {} --resume {}", outcome.run_id, store.count_results(&outcome.run_id)?, outcome.planned, path.display(), outcome.run_id);
         return Ok(ExitCode::from(1));

@@ -4,6 +4,7 @@
 mod adapter;
 mod advise;
 mod args;
+mod batch;
 mod bench;
 mod compare;
 mod data;

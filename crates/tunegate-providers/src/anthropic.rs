@@ -22,7 +22,8 @@ impl AnthropicProvider {
         AnthropicProvider { name: name.into(), model: model.into(), base_url: base_url.trim_end_matches('/').into(), key, timeout, price, client: client() }
     }
 
-    fn body(&self, req: &Request) -> Value {
+    /// The Messages API request body (also the `params` of a Message Batch).
+    pub fn body(&self, req: &Request) -> Value {
         let p = &req.params;
         // The Messages API takes the system prompt apart from the turns.
         let system: Vec<&str> = req.messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
@@ -66,10 +67,22 @@ impl Provider for AnthropicProvider {
             .header("anthropic-version", "2023-06-01")
             .json(&self.body(req));
         let v = post_json(&self.client, rb, self.timeout, Some(&self.key)).await?;
-        let content = v.get("content").and_then(|c| c.as_array()).ok_or_else(|| ProviderError::BadResponse("no `content` array in the response".into()))?;
-        let output: String = content.iter().filter_map(|b| b.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("");
-        let pt = v.pointer("/usage/input_tokens").and_then(|x| x.as_u64());
-        let ct = v.pointer("/usage/output_tokens").and_then(|x| x.as_u64());
+        let (output, pt, ct) = parse_message(&v)?;
         Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct) })
     }
+    /// A Messages API result (a Message Batch's `message`), or a chat
+    /// completion when the exported file ran on an OpenAI-format engine.
+    fn batch_response(&self, body: &Value) -> Result<Response, ProviderError> {
+        let (output, pt, ct) = if body.get("content").is_some() { parse_message(body)? } else { crate::batch::parse_completion(body)? };
+        Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct).map(|c| c * pricing::BATCH_PRICE_FACTOR) })
+    }
+}
+
+/// The text and token counts of a Messages API response.
+fn parse_message(v: &Value) -> Result<(String, Option<u64>, Option<u64>), ProviderError> {
+    let content = v.get("content").and_then(|c| c.as_array()).ok_or_else(|| ProviderError::BadResponse("no `content` array in the response".into()))?;
+    let output: String = content.iter().filter_map(|b| b.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("");
+    let pt = v.pointer("/usage/input_tokens").and_then(|x| x.as_u64());
+    let ct = v.pointer("/usage/output_tokens").and_then(|x| x.as_u64());
+    Ok((output, pt, ct))
 }

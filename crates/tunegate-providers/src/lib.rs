@@ -4,6 +4,7 @@
 //! provider only has to say whether an error is worth retrying.
 
 mod anthropic;
+pub mod batch;
 pub mod finetune;
 mod exec;
 mod http;
@@ -56,6 +57,9 @@ pub enum ProviderError {
     Config(String),
     #[error("command failed: {0}")]
     Exec(String),
+    /// An `error` line of a batch output file: the engine could not make the call.
+    #[error("batch request failed ({code}): {message}")]
+    Batch { code: String, message: String },
 }
 
 impl ProviderError {
@@ -83,6 +87,7 @@ impl ProviderError {
             ProviderError::Client { .. } => "client",
             ProviderError::Config(_) => "config",
             ProviderError::Exec(_) => "exec",
+            ProviderError::Batch { .. } => "batch",
         }
     }
 }
@@ -95,6 +100,21 @@ pub trait Provider: Send + Sync {
     /// endpoint and model. Never includes credentials.
     fn identity(&self) -> String;
     async fn complete(&self, req: &Request) -> Result<Response, ProviderError>;
+
+    /// This call as one request of a batch file (OpenAI's Batch input
+    /// format): the endpoint and the body. By default a chat completion for
+    /// a model named after the provider; HTTP providers send their own body,
+    /// the local model a text completion of exactly the prompt it reads.
+    fn batch_request(&self, req: &Request) -> (&'static str, serde_json::Value) {
+        ("/v1/chat/completions", openai::chat_body(self.name(), req))
+    }
+
+    /// The answer a batch engine gave for one request, as a live call would
+    /// have returned it, priced at the vendor's batch price where it has one.
+    fn batch_response(&self, body: &serde_json::Value) -> Result<Response, ProviderError> {
+        let (output, prompt_tokens, completion_tokens) = batch::parse_completion(body)?;
+        Ok(Response { output, prompt_tokens, completion_tokens, cost_usd: None })
+    }
 }
 
 /// Returns the rendered prompt as the completion. Useful to see exactly what
@@ -146,7 +166,7 @@ pub fn build(spec: &ProviderSpec, task_dir: &std::path::Path, lookup_env: &dyn F
         "exec" => Arc::new(ExecProvider::new(&name, rest, task_dir, timeout)),
         "openai" => {
             let base = spec.base_url.clone().unwrap_or_else(|| "https://api.openai.com/v1".into());
-            Arc::new(OpenAiProvider::new(&name, rest, &base, Some(key("OPENAI_API_KEY")?), timeout, spec.price.or_else(|| pricing::lookup(rest))))
+            Arc::new(OpenAiProvider::new(&name, rest, &base, Some(key("OPENAI_API_KEY")?), timeout, spec.price.or_else(|| pricing::lookup(rest))).with_batch_price(pricing::BATCH_PRICE_FACTOR))
         }
         "openai-compatible" => {
             let base = spec.base_url.clone().ok_or_else(|| ProviderError::Config(format!("provider `{}` needs base_url", spec.id)))?;

@@ -362,6 +362,8 @@ pub fn constrained(model: &LocalModel, prompt: &str, labels: &[String], mut para
 
 pub struct LocalProvider {
     name: String,
+    /// The model as the task file names it (`gemma-3-270m` or a path).
+    model: String,
     path: PathBuf,
     adapter: Option<PathBuf>,
     identity: String,
@@ -401,7 +403,8 @@ impl LocalProvider {
             let m = std::fs::metadata(a.join("adapter_model.safetensors")).ok();
             format!("|{}|{:?}|{}", a.display(), m.as_ref().and_then(|m| m.modified().ok()), m.map(|m| m.len()).unwrap_or(0))
         });
-        Ok(LocalProvider { name: name.into(), identity: format!("local|{}|{len}|numerics{}{}", path.display(), tunegate_model::NUMERICS_VERSION, adapter_id.unwrap_or_default()), path, adapter })
+        let model_name = Path::new(model).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| model.to_string());
+        Ok(LocalProvider { name: name.into(), model: model_name, identity: format!("local|{}|{len}|numerics{}{}", path.display(), tunegate_model::NUMERICS_VERSION, adapter_id.unwrap_or_default()), path, adapter })
     }
 }
 
@@ -425,5 +428,26 @@ impl Provider for LocalProvider {
         let text = prompt_text(req);
         let c = complete_with_choices(&engine, &text, &req.params).await?;
         Ok(Response { output: c.text, prompt_tokens: Some(c.prompt_tokens as u64), completion_tokens: Some(c.completion_tokens as u64), cost_usd: Some(0.0) })
+    }
+    /// A text completion of exactly the prompt this provider reads (no
+    /// chat template: the embedded model is a base model), for the model a
+    /// server such as vLLM serves under this name: the base model's name,
+    /// or the adapter's directory name (vLLM `--lora-modules NAME=DIR`).
+    /// `choices` become vLLM's structured-output choice list.
+    fn batch_request(&self, req: &Request) -> (&'static str, serde_json::Value) {
+        let model = match &self.adapter {
+            Some(a) => a.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            None => self.model.clone(),
+        };
+        let mut b = serde_json::json!({"model": model, "prompt": prompt_text(req)});
+        crate::openai::sampling_fields(&mut b, &req.params);
+        if let Some(c) = &req.params.choices {
+            b["structured_outputs"] = serde_json::json!({"choice": c});
+        }
+        ("/v1/completions", b)
+    }
+    fn batch_response(&self, body: &serde_json::Value) -> Result<Response, ProviderError> {
+        let (output, prompt_tokens, completion_tokens) = crate::batch::parse_completion(body)?;
+        Ok(Response { output, prompt_tokens, completion_tokens, cost_usd: Some(0.0) })
     }
 }

@@ -2,7 +2,7 @@
 //! llama.cpp server, Ollama, `tunegate serve`).
 
 use crate::http::{client, post_json};
-use crate::{pricing, Provider, ProviderError, Request, Response};
+use crate::{batch, pricing, Provider, ProviderError, Request, Response};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,6 +16,8 @@ pub struct OpenAiProvider {
     key: Option<String>,
     timeout: Duration,
     price: Option<Price>,
+    /// What a batch answer costs against a live one (OpenAI: half).
+    batch_price: f64,
     client: reqwest::Client,
 }
 
@@ -28,32 +30,49 @@ impl OpenAiProvider {
             key,
             timeout,
             price,
+            batch_price: 1.0,
             client: client(),
         }
     }
 
+    /// Prices batch answers at `factor` of the live price (the vendor's
+    /// batch discount; 1.0 for self-hosted servers).
+    pub fn with_batch_price(mut self, factor: f64) -> Self {
+        self.batch_price = factor;
+        self
+    }
+
     pub fn body(&self, req: &Request) -> Value {
-        let p = &req.params;
-        let mut b = json!({"model": self.model, "messages": req.messages});
-        if let Some(t) = p.temperature {
-            b["temperature"] = json!(t);
-        }
-        if let Some(m) = p.max_tokens {
-            b["max_tokens"] = json!(m);
-        }
-        if let Some(t) = p.top_p {
-            b["top_p"] = json!(t);
-        }
-        if !p.stop.is_empty() {
-            b["stop"] = json!(p.stop);
-        }
-        if let Some(s) = p.seed {
-            b["seed"] = json!(s);
-        }
-        for (k, v) in &p.extra {
-            b[k] = v.clone();
-        }
-        b
+        chat_body(&self.model, req)
+    }
+}
+
+/// A chat completions request body for `model`.
+pub fn chat_body(model: &str, req: &Request) -> Value {
+    let mut b = json!({"model": model, "messages": req.messages});
+    sampling_fields(&mut b, &req.params);
+    b
+}
+
+/// The sampling parameters OpenAI's chat and text completions share.
+pub fn sampling_fields(b: &mut Value, p: &tunegate_core::Params) {
+    if let Some(t) = p.temperature {
+        b["temperature"] = json!(t);
+    }
+    if let Some(m) = p.max_tokens {
+        b["max_tokens"] = json!(m);
+    }
+    if let Some(t) = p.top_p {
+        b["top_p"] = json!(t);
+    }
+    if !p.stop.is_empty() {
+        b["stop"] = json!(p.stop);
+    }
+    if let Some(s) = p.seed {
+        b["seed"] = json!(s);
+    }
+    for (k, v) in &p.extra {
+        b[k] = v.clone();
     }
 }
 
@@ -71,13 +90,14 @@ impl Provider for OpenAiProvider {
             rb = rb.bearer_auth(k);
         }
         let v = post_json(&self.client, rb, self.timeout, self.key.as_deref()).await?;
-        let output = v
-            .pointer("/choices/0/message/content")
-            .and_then(|c| c.as_str())
-            .ok_or_else(|| ProviderError::BadResponse("no choices[0].message.content in the response".into()))?
-            .to_string();
-        let pt = v.pointer("/usage/prompt_tokens").and_then(|x| x.as_u64());
-        let ct = v.pointer("/usage/completion_tokens").and_then(|x| x.as_u64());
+        let (output, pt, ct) = batch::parse_completion(&v)?;
         Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct) })
+    }
+    fn batch_request(&self, req: &Request) -> (&'static str, Value) {
+        ("/v1/chat/completions", self.body(req))
+    }
+    fn batch_response(&self, body: &Value) -> Result<Response, ProviderError> {
+        let (output, pt, ct) = batch::parse_completion(body)?;
+        Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct).map(|c| c * self.batch_price) })
     }
 }

@@ -28,6 +28,10 @@ pub const PRICES: &[(&str, f64, f64)] = &[
     ("claude-opus-4", 15.00, 75.00),
 ];
 
+/// What a batch answer costs against a live one: OpenAI's Batch API and
+/// Anthropic's Message Batches both charge half.
+pub const BATCH_PRICE_FACTOR: f64 = 0.5;
+
 pub fn lookup(model: &str) -> Option<Price> {
     PRICES
         .iter()

@@ -4,6 +4,7 @@
 //! sinks. The store is the first sink: a case counts as done exactly when
 //! its row is committed, which is what makes `--resume` exact.
 
+pub mod batch;
 pub mod compare;
 pub mod evidence;
 mod factory;

@@ -16,6 +16,8 @@ use tunegate_core::scorers::GraderReply;
 use tunegate_core::{ProviderSpec, ResponseFacts};
 use tunegate_providers::{Provider, ProviderError, Request, Response};
 use tunegate_store::{CachedResponse, ResultRow, RunInfo, Store};
+use crate::batch::BatchMode;
+use tunegate_providers::batch::Answer;
 
 /// Receives each result after it is committed to the store.
 pub trait Sink: Send + Sync {
@@ -46,6 +48,9 @@ pub struct RunOptions {
     /// task state differs (the prompt lab adds each round of variants to
     /// one run; items the run already holds are not asked again).
     pub append: bool,
+    /// Hand the calls the cache cannot answer to a batch file (export), or
+    /// answer them from one (import), instead of calling the provider.
+    pub batch: Option<crate::batch::BatchMode>,
 }
 
 impl RunOptions {
@@ -64,6 +69,7 @@ impl RunOptions {
             kind: "eval".into(),
             meta: json!({}),
             append: false,
+            batch: None,
         }
     }
 }
@@ -276,7 +282,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     let mut handles = tokio::task::JoinSet::new();
     let mut writer_failed = false;
     'plan: for &pi in &prompt_idx {
-        for slot in &slots {
+        for (slot_index, slot) in slots.iter().enumerate() {
             for ci in 0..prep.eval.len() {
                 for r in 0..repeat {
                     let case = &prep.eval[ci];
@@ -303,6 +309,7 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
                         ci,
                         repeat: r,
                         slot: slot.clone(),
+                        slot_index,
                         scorer: prep.scorer.clone(),
                         graders: graders.clone(),
                         grader_counters: grader_counters.clone(),
@@ -330,7 +337,13 @@ pub async fn run(prep: &Prepared, providers: Vec<(Arc<dyn Provider>, ProviderSpe
     let store = Store::open(&opts.store_path)?;
     let total = store.count_results(&run_id)?;
     let interrupted = total < store.get_run(&run_id)?.planned;
-    store.set_run_status(&run_id, if interrupted { "interrupted" } else { "complete" })?;
+    // A run whose calls wait in a batch is pending, not interrupted.
+    let status = match (interrupted, &opts.batch) {
+        (false, _) => "complete",
+        (true, Some(_)) if !opts.stop.load(Ordering::Relaxed) => "pending",
+        (true, _) => "interrupted",
+    };
+    store.set_run_status(&run_id, status)?;
     Ok(RunOutcome {
         run_id,
         planned,
@@ -354,6 +367,7 @@ struct Job {
     ci: usize,
     repeat: u32,
     slot: Arc<ProviderSlot>,
+    slot_index: usize,
     scorer: tunegate_core::Scorer,
     graders: Arc<HashMap<String, Arc<ProviderSlot>>>,
     grader_counters: Arc<Counters>,
@@ -410,7 +424,25 @@ impl Job {
             }
             None => {
                 let req = Request { messages, params };
-                let (res, latency, attempts) = self.call_with_retries(&req).await;
+                let (res, latency, attempts) = match &self.opts.batch {
+                    None => self.call_with_retries(&req).await,
+                    Some(mode) => {
+                        let id = tunegate_providers::batch::custom_id(&self.run_id, &prompt.id, provider.name(), &case.id, self.repeat);
+                        match mode {
+                            BatchMode::Export(x) => {
+                                let (url, body) = provider.batch_request(&req);
+                                x.push((self.pi, self.slot_index, self.ci, self.repeat), tunegate_providers::batch::request_line(&id, url, &body));
+                                return true;
+                            }
+                            BatchMode::Import(x) => match x.take(&id) {
+                                None => return true,
+                                Some(Answer::Body(b)) => (provider.batch_response(&b), 0.0, 1),
+                                Some(Answer::Failed(e)) => (Err(e), 0.0, 1),
+                                Some(Answer::NotRun(_)) => return true,
+                            },
+                        }
+                    }
+                };
                 row.attempts = attempts;
                 if let Ok(r) = &res {
                     to_cache = Some((
