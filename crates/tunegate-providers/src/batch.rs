@@ -16,9 +16,10 @@ use std::collections::HashMap;
 /// made, so an output file matches however its engine orders the lines.
 pub fn custom_id(run_id: &str, prompt: &str, provider: &str, case: &str, repeat: u32) -> String {
     let mut h = Sha256::new();
+    // Length-prefixed, so no two different tuples hash the same bytes.
     for part in [prompt, provider, case] {
+        h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
-        h.update(b"\0");
     }
     h.update(repeat.to_le_bytes());
     let run: String = run_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(30).collect();
