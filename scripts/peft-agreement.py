@@ -111,6 +111,30 @@ def greedy(model, ids, max_tokens, stop, eog, tok):
     return tok.decode(toks, skip_special_tokens=True, clean_up_tokenization_spaces=False), toks
 
 
+def divergence(model, ids, peft_toks, tunegate_text, stop, tok):
+    """Where PEFT and tunegate part: the first position their tokens differ
+    (tunegate's output re-tokenized; past its end, its next token is taken
+    to be the first token of the stop string it hit) and PEFT's logit of its
+    own pick minus its logit of tunegate's there: near 0 is a near-tie."""
+    import torch
+
+    tg = tok(tunegate_text, add_special_tokens=False)["input_ids"]
+    k = 0
+    while k < len(tg) and k < len(peft_toks) and tg[k] == peft_toks[k]:
+        k += 1
+    if k < len(tg):
+        theirs = tg[k]
+    elif stop:
+        theirs = tok(stop[0], add_special_tokens=False)["input_ids"][0]
+    else:
+        theirs = tok.eos_token_id
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids + peft_toks[:k]])).logits[0, -1]
+    mine = peft_toks[k] if k < len(peft_toks) else int(logits.argmax())
+    return {"position": k, "peft_token": tok.convert_ids_to_tokens(mine), "tunegate_token": tok.convert_ids_to_tokens(theirs),
+            "logit_gap": round(float(logits[mine] - logits[theirs]), 4)}
+
+
 def rows_of(db, run_id, prompt_id=None):
     q = "select case_id, prompt_id, provider, messages, output, prompt_tokens from results where run_id = ? and error is null"
     args = [run_id]
@@ -193,30 +217,33 @@ def main():
                 ids_equal += 1
             else:
                 print(f"{case_id}: token ids differ: tunegate {theirs} transformers {ids}", file=sys.stderr)
-        out, _ = greedy(model, ids, max_tokens, stop, eog, tok)
+        out, toks = greedy(model, ids, max_tokens, stop, eog, tok)
         ours = ours or ""
         if out == ours:
             identical += 1
         else:
-            diffs.append({"case": case_id, "tunegate": ours, "peft": out})
+            diffs.append({"case": case_id, "tunegate": ours, "peft": out, **divergence(model, ids, toks, ours, stop, tok)})
         stripped += out.strip() == ours.strip()
         if case_id in base_outputs:
             with model.disable_adapter():
-                b, _ = greedy(model, ids, max_tokens, stop, eog, tok)
-            base_n += 1
-            adapter_changed += b != out
-            if b == (base_outputs[case_id] or ""):
-                base_identical += 1
-            else:
-                base_diffs.append({"case": case_id, "tunegate": base_outputs[case_id], "transformers": b})
+                b, btoks = greedy(model, ids, max_tokens, stop, eog, tok)
+                base_n += 1
+                adapter_changed += b != out
+                if b == (base_outputs[case_id] or ""):
+                    base_identical += 1
+                else:
+                    base_diffs.append({"case": case_id, "tunegate": base_outputs[case_id], "transformers": b,
+                                       **divergence(model, ids, btoks, base_outputs[case_id] or "", stop, tok)})
     decode_s = time.perf_counter() - t1
 
     for d in diffs[: a.show]:
-        print(f"{d['case']}: tunegate {d['tunegate']!r} peft {d['peft']!r}")
+        print(f"{d['case']}: tunegate {d['tunegate']!r} peft {d['peft']!r}; at token {d['position']} PEFT prefers "
+              f"{d['peft_token']!r} to {d['tunegate_token']!r} by {d['logit_gap']} logits")
     if len(diffs) > a.show:
         print(f"... {len(diffs) - a.show} more")
     for d in base_diffs[: a.show]:
-        print(f"base {d['case']}: tunegate {d['tunegate']!r} transformers {d['transformers']!r}")
+        print(f"base {d['case']}: tunegate {d['tunegate']!r} transformers {d['transformers']!r}; at token {d['position']} "
+              f"transformers prefers {d['peft_token']!r} to {d['tunegate_token']!r} by {d['logit_gap']} logits")
     n = len(rows)
     result = {
         "run": a.run_id,
@@ -234,6 +261,7 @@ def main():
         "identical": identical,
         "agreement": identical / n,
         "identical_after_strip": stripped,
+        "differences": [{k: d[k] for k in ("case", "tunegate", "peft", "logit_gap")} for d in diffs],
         "prompt_token_counts_equal": count_equal,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "threads": torch.get_num_threads(),
@@ -244,7 +272,8 @@ def main():
         result["prompt_ids_equal"] = ids_equal
     if a.base_run:
         result.update({"base_run": a.base_run, "base_cases": base_n, "base_identical": base_identical,
-                       "base_agreement": base_identical / base_n if base_n else None, "adapter_changed_output": adapter_changed})
+                       "base_agreement": base_identical / base_n if base_n else None, "adapter_changed_output": adapter_changed,
+                       "base_logit_gaps": sorted(d["logit_gap"] for d in base_diffs)})
     print(json.dumps(result, ensure_ascii=False))
 
 

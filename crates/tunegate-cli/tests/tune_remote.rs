@@ -239,3 +239,33 @@ fn a_tuned_model_judges_a_comparison() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("no-such-job"), "{}", err(&o));
 }
+
+/// OpenAI's fine-tuning dates, on a fixed clock (`TUNEGATE_TODAY`): an
+/// `openai:` base warns before 2027-01-06 and is refused from it, before
+/// any upload; a self-hosted `openai-compatible:` server is not bound.
+#[test]
+fn openai_fine_tuning_dates_warn_then_refuse() {
+    let state = Arc::new(Mutex::new(State { mode: "ok".into(), ..Default::default() }));
+    let srv = server(state.clone());
+    let dir = tempfile::tempdir().unwrap();
+    task(dir.path(), &srv.url());
+    let yaml = std::fs::read_to_string(dir.path().join("tunegate.yaml")).unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml.replace("base: openai-compatible:base-model", "base: openai:gpt-4o-mini-2024-07-18")).unwrap();
+    let on = |day: &str| Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["tune", "--poll-interval", "0.02"]).current_dir(dir.path()).env("FT_KEY", "ft-secret").env("TUNEGATE_TODAY", day).output().unwrap();
+    let o = on("2027-01-06");
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let e = err(&o);
+    assert!(e.contains("no fine-tuning jobs since 2027-01-06") && e.contains("tune.backend: local") && e.contains("tunegate serve") && e.contains("axolotl"), "{e}");
+    assert!(state.lock().unwrap().uploads.is_empty(), "refused before any upload");
+    let o = on("2026-12-04");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let e = err(&o);
+    assert!(e.contains("warning: OpenAI stops creating fine-tuning jobs on 2027-01-06 (33 days") && e.contains("gpt-4o-mini-2024-07-18 shuts down on 2027-01-14"), "{e}");
+    assert_eq!(state.lock().unwrap().uploads.len(), 1);
+    // A self-hosted OpenAI-compatible server is not bound by OpenAI's dates.
+    std::fs::remove_dir_all(dir.path().join(".tunegate")).unwrap();
+    std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
+    let o = on("2027-06-01");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(!err(&o).contains("OpenAI stops"), "{}", err(&o));
+}

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod finetune;
 mod exec;
 mod http;
+pub mod lifecycle;
 pub mod local;
 mod openai;
 pub mod pricing;

@@ -64,7 +64,10 @@ pub fn price_of(p: &tunegate_core::ProviderSpec) -> (Option<tunegate_core::Price
     match (p.price, scheme) {
         (Some(pr), _) => (Some(pr), "price from the task file".to_string()),
         (None, "openai" | "anthropic" | "openai-compatible") => match lookup(model) {
-            Some(pr) => (Some(pr), format!("published price of {model} (tunegate price table, 2025)")),
+            Some(pr) => {
+                let life = crate::lifecycle::model_note(model, crate::lifecycle::today()).map(|n| format!("; {n}")).unwrap_or_default();
+                (Some(pr), format!("published price of {model} (tunegate price table, 2025){life}"))
+            }
             None => (None, format!("no published price for {model}: set `price:` on the provider")),
         },
         (None, "local") => (None, "local model: self-hosted, no per-token price".into()),

@@ -36,6 +36,18 @@ pub async fn create(task: &Task, settings: &Settings, store: &Store, env: &dyn F
         .base_url
         .clone()
         .ok_or_else(|| InputError::new(&task.path, "the remote backend needs tune.base_url (an OpenAI-compatible API, e.g. https://host/v1)").field("tune.base_url"))?;
+    // OpenAI's fine-tuning stops taking jobs on a known date: warn before
+    // it, refuse after it (and for a retired base), before anything is
+    // uploaded. It binds OpenAI's API and `openai:` bases (through a proxy
+    // too), not self-hosted `openai-compatible:` servers.
+    if tunegate_providers::lifecycle::is_openai(&base_url) || settings.base.starts_with("openai:") {
+        use tunegate_providers::lifecycle::{openai_fine_tuning, today, HostedTuning};
+        match openai_fine_tuning(settings.remote_model(), today()) {
+            HostedTuning::Refused(why) => return Err(TuneError::Usage(why)),
+            HostedTuning::Warn(w) => log(format!("warning: {w}")),
+            HostedTuning::Open => {}
+        }
+    }
     let examples = crate::local::examples_path(task)?;
     let cases = training_cases(task, &examples, settings.strict, &mut *log)?;
     let train = as_chat_jsonl(task, &examples, &cases)?;
