@@ -614,3 +614,52 @@ fn weak_tag_slices_are_flagged() {
     assert_eq!(weak.len(), 1, "{weak:?}");
     assert!(weak[0].as_str().unwrap().starts_with("`phone-transcript`"));
 }
+
+/// OpenAI's fine-tuning cut-off on a fixed clock (`TUNEGATE_TODAY`): before
+/// it the cost section warns; after it the hosted tuned projection cannot be
+/// bought and the self-hosted line (the tuned embedded model on your own
+/// machines) is what pays back.
+#[test]
+fn the_cost_section_knows_openai_fine_tuning_ends_and_prices_self_hosting() {
+    let fx = Fx::new();
+    let eval = cases("ev", 150, 1);
+    let prompts = format!("{BARE}{INSTRUCTED}  - id: few-shot\n    template_file: prompts/few_shot.j2\n    shots: {{ k: 60, strategy: stratified, seed: 7 }}\n");
+    fx.task(&prompts, 10_000_000, (0.0, 0.0), true, "")
+        .write("data/eval.jsonl", &jsonl(&eval))
+        .write("data/examples.jsonl", &jsonl(&cases("ex", 400, 2)))
+        .write("prompts/few_shot.j2", "Route each customer message to a team ({{ labels | join(\", \") }}).\n{% for s in shots %}\nMessage: {{ s.input }}\nTeam: {{ s.expected }}\n{% endfor %}\nMessage: {{ input }}\nTeam:");
+    // The hosted provider is OpenAI's gpt-4o-mini, at the table's price.
+    let yaml = std::fs::read_to_string(fx.cfg()).unwrap();
+    let at = yaml.find("  - id: exec:sh model.sh").unwrap();
+    let end = yaml[at..].find("data:").unwrap() + at;
+    fx.write("tunegate.yaml", &format!("{}  - id: openai:gpt-4o-mini\n    label: hosted\n{}", &yaml[..at], &yaml[end..]));
+    fx.commit(120, "task");
+    fx.run(&eval, &[("bare", &rate(3)), ("instructed", &rate(5)), ("few-shot", &rate(8))], 1, 1800);
+    let on = |day: &str| -> Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["advise", "-c", fx.cfg().to_str().unwrap(), "--format", "json"]).current_dir(&fx.dir).env("TUNEGATE_TODAY", day).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let before = on("2026-12-04");
+    let notes = before["cost"]["notes"].to_string();
+    assert!(notes.contains("OpenAI stops creating fine-tuning jobs on 2027-01-06 (33 days") && notes.contains("shuts down on 2027-01-14"), "{notes}");
+    assert_eq!(before["cost"]["hosted_tuning_closed"], false);
+    assert_eq!(before["verdict"], "FINE_TUNE", "{}", before["summary"]);
+    let sh = &before["cost"]["self_hosted"];
+    assert_eq!(sh["prompt"], "bare", "{sh}");
+    assert_eq!(sh["machines"], 1, "{sh}");
+    assert!((sh["monthly_usd"].as_f64().unwrap() - 73.0).abs() < 1e-9, "one machine all month at $0.10/hour: {sh}");
+    assert!(sh["current_monthly_usd"].as_f64().unwrap() > 1000.0, "{sh}");
+
+    let after = on("2027-02-01");
+    assert_eq!(after["cost"]["hosted_tuning_closed"], true);
+    let notes = after["cost"]["notes"].to_string();
+    assert!(notes.contains("cannot be bought") && notes.contains("no fine-tuning jobs since 2027-01-06") && notes.contains("axolotl"), "{notes}");
+    assert!(after.to_string().contains("gpt-4o-mini was retired on 2027-01-14: its price is historic"), "the price source says so");
+    assert_eq!(after["verdict"], "FINE_TUNE", "self-hosting pays back: {}", after["summary"]);
+    let text = String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["advise", "-c", fx.cfg().to_str().unwrap()]).current_dir(&fx.dir).env("TUNEGATE_TODAY", "2027-02-01").output().unwrap().stdout).to_string();
+    assert!(text.contains("Self-hosted: the tuned embedded model") && text.contains("vLLM with the PEFT adapter"), "{text}");
+    // Text, Markdown and JSON all render (and text keeps to 100 columns).
+    let (_, text) = fx.advise();
+    println!("{text}");
+}

@@ -129,6 +129,9 @@ pub fn text(a: &Advice, path: &Path) -> String {
             "  ",
         ));
     }
+    if let Some(h) = &a.cost.self_hosted {
+        s.push_str(&wrap(&self_hosted_line(h), "  ", "  "));
+    }
     for n in &a.cost.notes {
         s.push_str(&wrap(n, "  - ", "    "));
     }
@@ -290,6 +293,15 @@ pub fn markdown(a: &Advice, path: &Path) -> String {
                 t.break_even_months.map(|m| format!("{m:.1} months")).unwrap_or_else(|| "none".into())
             ));
         }
+        if let Some(h) = &a.cost.self_hosted {
+            s.push_str(&format!("\n{}.\n", self_hosted_line(h)));
+        }
+        for n in &a.cost.notes {
+            s.push_str(&format!("\n- {n}"));
+        }
+        if !a.cost.notes.is_empty() {
+            s.push('\n');
+        }
     }
     if let Some(t) = a.tuning.describe() {
         s.push_str(&format!("\n## Tuning\n\n{t}.\n"));
@@ -307,4 +319,16 @@ pub fn markdown(a: &Advice, path: &Path) -> String {
         }
     }
     s
+}
+
+/// The self-hosted projection in one sentence.
+fn self_hosted_line(h: &crate::advise::SelfHostedProjection) -> String {
+    let vs = h.current_monthly_usd.map(|c| format!(" vs {} now", crate::advise::usd(c))).unwrap_or_default();
+    format!(
+        "Self-hosted: the tuned embedded model with prompt `{}` on your machines (`tunegate serve`, or vLLM with the PEFT adapter): {}/month{vs}, {:.0} busy machine-hours a month; {}",
+        h.prompt,
+        crate::advise::usd(h.monthly_usd),
+        h.busy_hours,
+        h.assumptions
+    )
 }

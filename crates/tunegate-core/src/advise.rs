@@ -374,6 +374,34 @@ pub struct ProviderPrice {
     pub provider: String,
     pub price: Option<Price>,
     pub source: String,
+    /// Hosted fine-tuning of this provider's model: None when it can be
+    /// tuned as usual; a warning (`closed` false) before its vendor's
+    /// cut-off, the refusal (`closed` true) after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted_tuning: Option<HostedTuningNote>,
+    /// When the model shuts down (or did: its price is then historic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retirement: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostedTuningNote {
+    pub closed: bool,
+    pub note: String,
+}
+
+/// The tuned embedded model served on your own machines (`tunegate serve`,
+/// or vLLM with the PEFT adapter): no training fee (LoRA on a CPU), a
+/// machine price instead of a token price.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SelfHostedProjection {
+    pub prompt: String,
+    /// Machines busy all month to keep up with the calls.
+    pub machines: u64,
+    pub busy_hours: f64,
+    pub monthly_usd: f64,
+    pub current_monthly_usd: Option<f64>,
+    pub assumptions: String,
 }
 
 /// A stored task revision, aged relative to now.
@@ -636,6 +664,10 @@ pub struct CostReport {
     pub calls_per_month: Option<u64>,
     pub lines: Vec<CostLine>,
     pub tuned: Option<TunedProjection>,
+    pub self_hosted: Option<SelfHostedProjection>,
+    /// The hosted projection's provider can no longer be tuned (its
+    /// vendor's cut-off has passed): only the self-hosted line holds.
+    pub hosted_tuning_closed: bool,
     pub notes: Vec<String>,
 }
 
@@ -1106,6 +1138,11 @@ fn cost(ev: &Evidence, groups: &[GroupStat], best: Option<&GroupStat>, th: &Thre
     for p in ev.prices.iter().filter(|p| p.price.is_none()) {
         r.notes.push(format!("{}: {}", p.provider, p.source));
     }
+    for p in &ev.prices {
+        if let Some(n) = &p.retirement {
+            r.notes.push(format!("{}: {n}", p.provider));
+        }
+    }
     // The tuned projection: the best group's provider (or the first priced
     // one), serving the short prompt at the tuned price.
     let short_prompt = short_prompt(ev);
@@ -1137,6 +1174,34 @@ fn cost(ev: &Evidence, groups: &[GroupStat], best: Option<&GroupStat>, th: &Thre
         });
     } else if r.lines.iter().all(|l| l.monthly_usd.is_none()) {
         r.notes.push("no provider has a price: the tuned projection needs one (set `price:` on a provider)".into());
+    }
+    // What hosted tuning of the projection's provider can still do.
+    if let Some(h) = r.tuned.as_ref().and_then(|t| ev.prices.iter().find(|p| p.provider == t.provider)).and_then(|p| p.hosted_tuning.clone()) {
+        r.hosted_tuning_closed = h.closed;
+        r.notes.push(if h.closed { format!("the hosted tuned projection cannot be bought: {}", h.note) } else { h.note });
+    }
+    // Self-hosted: the short prompt on the tuned embedded model, priced by
+    // the machine-hours its tokens take.
+    if let Some(sp) = self::short_prompt(ev) {
+        let (pt, ct) = (tokens_of(&sp, None), completion(best));
+        let hours = calls * (pt / th.get("self_hosted_prefill_tok_s") + ct / th.get("self_hosted_decode_tok_s")) / 3600.0;
+        const MONTH_H: f64 = 730.0;
+        let machines = (hours / MONTH_H).ceil().max(1.0);
+        let usd_h = th.get("self_hosted_usd_per_hour");
+        let current = r.tuned.as_ref().map(|t| t.current_monthly_usd).or_else(|| best.and_then(|b| r.lines.iter().find(|l| l.prompt == b.prompt && l.provider == b.provider)).and_then(|l| l.monthly_usd));
+        r.self_hosted = Some(SelfHostedProjection {
+            prompt: sp,
+            machines: machines as u64,
+            busy_hours: hours,
+            monthly_usd: machines * MONTH_H * usd_h,
+            current_monthly_usd: current,
+            assumptions: format!(
+                "{} machine(s) at ${usd_h:.2}/hour, each reading {:.0} prompt and writing {:.0} completion tokens/s (advise: self_hosted_usd_per_hour, self_hosted_prefill_tok_s, self_hosted_decode_tok_s); training is LoRA on your CPU, no fee",
+                machines,
+                th.get("self_hosted_prefill_tok_s"),
+                th.get("self_hosted_decode_tok_s")
+            ),
+        });
     }
     r
 }
@@ -1337,7 +1402,13 @@ pub fn advise(ev: &Evidence, overrides: Option<&BTreeMap<String, f64>>) -> Resul
     let fragile = frag.variant_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false) || frag.repeat_spread.map(|s| s > th.get("fragile_spread")).unwrap_or(false) || lab_fragile;
     let best_cost = best.and_then(|b| cost.lines.iter().find(|l| l.prompt == b.prompt && l.provider == b.provider)).and_then(|l| l.monthly_usd);
     let expensive = best_cost.map(|c| c >= th.get("expensive_monthly_usd")).unwrap_or(false);
-    let pays_back = cost.tuned.as_ref().and_then(|t| t.break_even_months).map(|m| m <= th.get("max_break_even_months")).unwrap_or(false);
+    // When the hosted model can no longer be tuned, only the self-hosted
+    // line can pay back (it has no training fee: any monthly saving does).
+    let pays_back = if cost.hosted_tuning_closed {
+        cost.self_hosted.as_ref().map(|s| s.current_monthly_usd.map(|c| s.monthly_usd < c).unwrap_or(false)).unwrap_or(false)
+    } else {
+        cost.tuned.as_ref().and_then(|t| t.break_even_months).map(|m| m <= th.get("max_break_even_months")).unwrap_or(false)
+    };
     {
         let longest = ev.anatomy.iter().max_by_key(|a| a.total);
         let (measured, side, conf, evidence) = match longest {

@@ -47,6 +47,9 @@ pub const THRESHOLDS: &[ThresholdDef] = &[
     ThresholdDef { name: "max_break_even_months", default: 6.0, meaning: "months within which tuning must pay for itself", source: "tunegate default" },
     ThresholdDef { name: "training_usd_per_mtok", default: 3.0, meaning: "training price, US$ per million trained tokens", source: "OpenAI price for fine-tuning gpt-4o-mini (2025): $3.00 / 1M training tokens" },
     ThresholdDef { name: "tuned_price_multiplier", default: 2.0, meaning: "price of a tuned model relative to its base", source: "OpenAI pricing (2025): tuned gpt-4o-mini $0.30/$1.20 vs base $0.15/$0.60 per 1M tokens" },
+    ThresholdDef { name: "self_hosted_usd_per_hour", default: 0.10, meaning: "price of one machine serving the tuned embedded model (self-hosted line of the cost section)", source: "tunegate default: the order of a 2-vCPU cloud VM per hour; set what your machines cost" },
+    ThresholdDef { name: "self_hosted_prefill_tok_s", default: 700.0, meaning: "prompt tokens per second one such machine reads", source: "measured: tunegate on 2 cores, Gemma 3 270M Q4_K_M, prefill 736-739 tok/s (BENCHMARKS.md)" },
+    ThresholdDef { name: "self_hosted_decode_tok_s", default: 160.0, meaning: "completion tokens per second one such machine writes under load", source: "measured: `tunegate serve` on 2 cores with 8 clients, 159-163 tok/s (BENCHMARKS.md)" },
     ThresholdDef { name: "epochs", default: 3.0, meaning: "training epochs for the cost estimate when tune.epochs is unset", source: "OpenAI's default of 3 epochs for small data sets" },
 ];
 

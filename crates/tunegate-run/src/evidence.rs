@@ -52,9 +52,22 @@ fn prices(task: &Task) -> Vec<ProviderPrice> {
         .iter()
         .map(|p| {
             let (price, source) = tunegate_providers::pricing::price_of(p);
-            ProviderPrice { provider: p.name().to_string(), price, source }
+            let model = p.id.split_once(':').map(|(_, m)| m).unwrap_or("");
+            let retirement = tunegate_providers::lifecycle::model_note(model, tunegate_providers::lifecycle::today()).filter(|_| p.id.starts_with("openai:"));
+            ProviderPrice { provider: p.name().to_string(), price, source, hosted_tuning: hosted_tuning(p), retirement }
         })
         .collect()
+}
+
+/// OpenAI's fine-tuning cut-off as it bears on an `openai:` provider today.
+fn hosted_tuning(p: &tunegate_core::ProviderSpec) -> Option<advise::HostedTuningNote> {
+    use tunegate_providers::lifecycle::{openai_fine_tuning, today, HostedTuning};
+    let model = p.id.strip_prefix("openai:")?;
+    match openai_fine_tuning(model, today()) {
+        HostedTuning::Open => None,
+        HostedTuning::Warn(note) => Some(advise::HostedTuningNote { closed: false, note }),
+        HostedTuning::Refused(note) => Some(advise::HostedTuningNote { closed: true, note }),
+    }
 }
 
 fn age_days(now: i64, ts: &str) -> Option<f64> {
