@@ -59,6 +59,18 @@ pub struct EvalArgs {
     /// the file's ids name, or --resume RUN.
     #[arg(long, value_name = "FILE")]
     pub import_batch: Option<PathBuf>,
+    /// Send the calls the cache cannot answer through the providers' batch
+    /// endpoints (OpenAI's Batch API, Anthropic's Message Batches: half the
+    /// price, answers within a day), wait for them and score the answers.
+    #[arg(long, conflicts_with_all = ["export_batch", "import_batch", "attach"])]
+    pub batch: bool,
+    /// Wait again for the vendor batches of a run (the latest, or RUN)
+    /// after `--batch` stopped watching, and score their answers.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "RUN", conflicts_with_all = ["export_batch", "import_batch", "resume"])]
+    pub attach: Option<String>,
+    /// Seconds between looks at a vendor batch.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub poll_interval: f64,
     /// Print the default grading prompt of `llm-rubric` assertions and exit.
     #[arg(long)]
     pub show_grader_prompt: bool,
@@ -113,7 +125,11 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     opts.repeat = a.repeat.max(1);
     opts.use_cache = !a.run.no_cache;
     opts.resume = a.resume.clone();
-    let batch = crate::batch::prepare(&a, &path, &mut opts)?;
+    let rt = runtime()?;
+    let batch = match a.batch || a.attach.is_some() {
+        true => crate::batch::vendor(&a, &prep, &providers, &mut opts, &rt, &path)?,
+        false => crate::batch::prepare(&a, &path, &mut opts)?,
+    };
     // A resumed run continues its own prompts and providers, not the whole
     // task's, unless the flags name others.
     if let (Some(sel), true) = (&opts.resume, store_path_for(&path).exists()) {
@@ -131,7 +147,6 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     let stop = opts.stop.clone();
     let progress = Arc::new(ProgressSink::new(!a.run.no_progress && a.format == Format::Text || !a.run.no_progress && a.output.is_some()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];
-    let rt = runtime()?;
     let outcome = rt.block_on(async {
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

@@ -76,6 +76,36 @@ impl Provider for AnthropicProvider {
         let (output, pt, ct) = if body.get("content").is_some() { parse_message(body)? } else { crate::batch::parse_completion(body)? };
         Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct).map(|c| c * pricing::BATCH_PRICE_FACTOR) })
     }
+    fn batch_api(&self) -> Option<&dyn crate::batch::BatchApi> {
+        Some(self)
+    }
+}
+
+impl AnthropicProvider {
+    fn headers(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        rb.header("x-api-key", &self.key).header("anthropic-version", "2023-06-01")
+    }
+}
+
+/// Anthropic's Message Batches: `custom_id` + `params` (a Messages API
+/// request) per request; results from the batch's `results_url`.
+#[async_trait]
+impl crate::batch::BatchApi for AnthropicProvider {
+    async fn submit(&self, items: &[(String, Request)]) -> Result<String, ProviderError> {
+        let requests: Vec<Value> = items.iter().map(|(id, r)| json!({"custom_id": id, "params": self.body(r)})).collect();
+        let rb = self.headers(self.client.post(format!("{}/v1/messages/batches", self.base_url))).json(&json!({"requests": requests}));
+        let v = post_json(&self.client, rb, self.timeout, Some(&self.key)).await?;
+        Ok(crate::batch::anthropic_status(&v)?.id)
+    }
+    async fn status(&self, id: &str) -> Result<crate::batch::BatchStatus, ProviderError> {
+        let rb = self.headers(self.client.get(format!("{}/v1/messages/batches/{id}", self.base_url)));
+        crate::batch::anthropic_status(&post_json(&self.client, rb, self.timeout, Some(&self.key)).await?)
+    }
+    async fn results(&self, st: &crate::batch::BatchStatus) -> Result<String, ProviderError> {
+        let url = st.results.first().ok_or_else(|| ProviderError::BadResponse(format!("message batch {} ended without a results_url", st.id)))?;
+        let text = crate::http::send_text(&self.client, self.headers(self.client.get(url)), self.timeout, Some(&self.key)).await?;
+        crate::batch::anthropic_results_as_openai(&text).map_err(|e| ProviderError::BadResponse(format!("message batch {} results, {e}", st.id)))
+    }
 }
 
 /// The text and token counts of a Messages API response.

@@ -56,6 +56,13 @@ pub async fn post_json(
     timeout: Duration,
     key: Option<&str>,
 ) -> Result<serde_json::Value, ProviderError> {
+    let body = send_text(client, req, timeout, key).await?;
+    serde_json::from_str(&body).map_err(|e| ProviderError::BadResponse(format!("body is not JSON ({e}): {}", redact(&body, key))))
+}
+
+/// Sends a request and returns the body of a 2xx answer as text (a batch's
+/// JSONL results), mapping everything else to a [`ProviderError`].
+pub async fn send_text(client: &reqwest::Client, req: reqwest::RequestBuilder, timeout: Duration, key: Option<&str>) -> Result<String, ProviderError> {
     let _ = client;
     let resp = req.timeout(timeout).send().await.map_err(|e| map_send_error(e, timeout, key))?;
     let status = resp.status();
@@ -72,7 +79,7 @@ pub async fn post_json(
     if !status.is_success() {
         return Err(ProviderError::Client { status: status.as_u16(), message: message() });
     }
-    serde_json::from_str(&body).map_err(|e| ProviderError::BadResponse(format!("body is not JSON ({e}): {}", redact(&body, key))))
+    Ok(body)
 }
 
 /// The `error.message` of an OpenAI- or Anthropic-style error body, else the body.

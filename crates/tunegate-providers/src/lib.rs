@@ -116,6 +116,11 @@ pub trait Provider: Send + Sync {
         let (output, prompt_tokens, completion_tokens) = batch::parse_completion(body)?;
         Ok(Response { output, prompt_tokens, completion_tokens, cost_usd: None })
     }
+
+    /// The vendor's batch endpoint, for providers that have one.
+    fn batch_api(&self) -> Option<&dyn batch::BatchApi> {
+        None
+    }
 }
 
 /// Returns the rendered prompt as the completion. Useful to see exactly what

@@ -100,4 +100,47 @@ impl Provider for OpenAiProvider {
         let (output, pt, ct) = batch::parse_completion(body)?;
         Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct).map(|c| c * self.batch_price) })
     }
+    fn batch_api(&self) -> Option<&dyn batch::BatchApi> {
+        Some(self)
+    }
+}
+
+impl OpenAiProvider {
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        }
+    }
+}
+
+/// OpenAI's Batch API: the requests as a JSONL file (purpose `batch`), a
+/// batch over it with a 24-hour window, its output and error files.
+#[async_trait]
+impl batch::BatchApi for OpenAiProvider {
+    async fn submit(&self, items: &[(String, Request)]) -> Result<String, ProviderError> {
+        let lines: String = items.iter().map(|(id, r)| batch::request_line(id, "/v1/chat/completions", &self.body(r)) + "\n").collect();
+        let part = reqwest::multipart::Part::bytes(lines.into_bytes()).file_name("batch.jsonl").mime_str("application/jsonl").map_err(|e| ProviderError::Config(e.to_string()))?;
+        let form = reqwest::multipart::Form::new().text("purpose", "batch").part("file", part);
+        let key = self.key.as_deref();
+        let f = post_json(&self.client, self.auth(self.client.post(format!("{}/files", self.base_url)).multipart(form)), self.timeout, key).await?;
+        let file = f.get("id").and_then(|x| x.as_str()).ok_or_else(|| ProviderError::BadResponse("file upload answered without an id".into()))?;
+        let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+        let b = post_json(&self.client, self.auth(self.client.post(format!("{}/batches", self.base_url)).json(&body)), self.timeout, key).await?;
+        Ok(batch::openai_status(&b)?.id)
+    }
+    async fn status(&self, id: &str) -> Result<batch::BatchStatus, ProviderError> {
+        let v = post_json(&self.client, self.auth(self.client.get(format!("{}/batches/{id}", self.base_url))), self.timeout, self.key.as_deref()).await?;
+        batch::openai_status(&v)
+    }
+    async fn results(&self, st: &batch::BatchStatus) -> Result<String, ProviderError> {
+        let mut out = String::new();
+        for file in &st.results {
+            let rb = self.auth(self.client.get(format!("{}/files/{file}/content", self.base_url)));
+            let text = crate::http::send_text(&self.client, rb, self.timeout, self.key.as_deref()).await?;
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        Ok(out)
+    }
 }

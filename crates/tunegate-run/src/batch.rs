@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use tunegate_providers::batch::{Answer, OutputFile};
+use tunegate_providers::batch::{read_output, Answer, BatchApi, BatchStatus, OutputFile};
+use tunegate_providers::ProviderError;
 
 /// How the runner makes the calls the cache cannot answer.
 #[derive(Clone)]
@@ -23,10 +24,19 @@ pub enum BatchMode {
 /// however the runner's tasks finish.
 pub(crate) type Order = (usize, usize, usize, u32);
 
-/// Collects the request lines of an export.
+/// One exported call: its provider, id, request and batch-file line.
+#[derive(Clone)]
+pub(crate) struct Item {
+    provider: String,
+    id: String,
+    request: tunegate_providers::Request,
+    line: String,
+}
+
+/// Collects the calls of an export.
 #[derive(Default)]
 pub struct Exporter {
-    lines: Mutex<Vec<(Order, String)>>,
+    items: Mutex<Vec<(Order, Item)>>,
 }
 
 impl Exporter {
@@ -34,17 +44,37 @@ impl Exporter {
         Self::default()
     }
 
-    pub(crate) fn push(&self, order: Order, line: String) {
-        if let Ok(mut l) = self.lines.lock() {
-            l.push((order, line));
+    pub(crate) fn push(&self, order: Order, provider: &str, id: String, request: tunegate_providers::Request, line: String) {
+        if let Ok(mut l) = self.items.lock() {
+            l.push((order, Item { provider: provider.to_string(), id, request, line }));
         }
     }
 
-    /// The lines in plan order.
-    pub fn lines(&self) -> Vec<String> {
-        let mut l = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+    fn sorted(&self) -> Vec<Item> {
+        let mut l = self.items.lock().map(|l| l.clone()).unwrap_or_default();
         l.sort_by(|a, b| a.0.cmp(&b.0));
-        l.into_iter().map(|(_, s)| s).collect()
+        l.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The batch-file lines in plan order.
+    pub fn lines(&self) -> Vec<String> {
+        self.sorted().into_iter().map(|i| i.line).collect()
+    }
+
+    /// The providers with exported calls, in plan order.
+    pub fn providers(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for i in self.sorted() {
+            if !out.contains(&i.provider) {
+                out.push(i.provider);
+            }
+        }
+        out
+    }
+
+    /// A provider's calls as (custom id, request), for its batch endpoint.
+    pub fn requests(&self, provider: &str) -> Vec<(String, tunegate_providers::Request)> {
+        self.sorted().into_iter().filter(|i| i.provider == provider).map(|i| (i.id, i.request)).collect()
     }
 }
 
@@ -111,4 +141,43 @@ impl Importer {
             duplicates: self.duplicates.clone(),
         }
     }
+}
+
+/// Polls a vendor batch until it ends, reporting each status. Lost contact
+/// is retried with the runner's backoff; after `max_failures` in a row it
+/// stops watching with the error (the batch goes on at the vendor and stays
+/// recorded in the run, so `--attach` picks it up again).
+pub async fn watch(api: &dyn BatchApi, id: &str, interval: std::time::Duration, max_failures: u32, on: &mut dyn FnMut(&BatchStatus)) -> Result<BatchStatus, ProviderError> {
+    let mut failures = 0u32;
+    loop {
+        match api.status(id).await {
+            Ok(st) => {
+                failures = 0;
+                on(&st);
+                if st.ended {
+                    return Ok(st);
+                }
+                tokio::time::sleep(interval).await;
+            }
+            Err(e) if failures + 1 < max_failures && (e.retryable() || matches!(e, ProviderError::BadResponse(_))) => {
+                failures += 1;
+                tokio::time::sleep(crate::runner::backoff(interval, failures, e.retry_after())).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Everything the ended batches answered, as one output file.
+pub async fn collect(batches: &[(&dyn BatchApi, BatchStatus)]) -> Result<OutputFile, ProviderError> {
+    let mut text = String::new();
+    for (api, st) in batches {
+        if let Some(e) = &st.error {
+            return Err(ProviderError::Batch { code: st.status.clone(), message: format!("batch {}: {e}", st.id) });
+        }
+        if !st.results.is_empty() {
+            text.push_str(&api.results(st).await?);
+        }
+    }
+    read_output(&text).map_err(|e| ProviderError::BadResponse(format!("batch results, {e}")))
 }

@@ -431,7 +431,8 @@ impl Job {
                         match mode {
                             BatchMode::Export(x) => {
                                 let (url, body) = provider.batch_request(&req);
-                                x.push((self.pi, self.slot_index, self.ci, self.repeat), tunegate_providers::batch::request_line(&id, url, &body));
+                                let line = tunegate_providers::batch::request_line(&id, url, &body);
+                                x.push((self.pi, self.slot_index, self.ci, self.repeat), provider.name(), id, req, line);
                                 return true;
                             }
                             BatchMode::Import(x) => match x.take(&id) {
