@@ -61,7 +61,7 @@ def main():
             if os.path.exists(os.path.join(out_dir, f)):
                 os.remove(os.path.join(out_dir, f))
         subprocess.run([a.tunegate, "data", "export", "-c", a.task, "--format", "axolotl", "-o", os.path.join(out_dir, "train.jsonl")],
-                       check=True)
+                       check=True, stdout=sys.stderr)
     assert os.path.isfile(os.path.join(out_dir, "axolotl.yaml")), f"no axolotl.yaml in {out_dir}"
     assert os.path.isfile(os.path.join(a.base_model, "tokenizer.json")), \
         f"{a.base_model} has no tokenizer.json (run scripts/peft-agreement.py once, or save the GGUF's tokenizer there)"
@@ -165,6 +165,9 @@ def main():
     ok = (result["validate_config"] == "ok" and result["preprocess_success"] and len(ds) == len(lines)
           and answers_ok == len(ds) and max(lens) <= raw.get("sequence_len", 10 ** 9))
     result["ok"] = ok
+    # Not part of `ok` (axolotl accepts the config either way), but a model
+    # trained without it never learns to end its turn after the label.
+    result["end_of_turn_trained"] = eot_trained == len(ds)
     print(json.dumps(result, ensure_ascii=False))
     sys.exit(0 if ok else 1)
 

@@ -123,11 +123,19 @@ enum Command {
     Review(review::ReviewArgs),
     /// Write expected outputs for raw inputs, fast: a terminal UI (or line mode); resumable.
     Label(label::LabelArgs),
+    /// One fine-tuning job of `serve`, in its own process (internal).
+    #[command(hide = true)]
+    ServeTrain { args: Vec<String> },
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
+    // Not for serve: its training runs in a child process (which keeps
+    // freed memory), and the server itself should give back what a tuned
+    // model it unloads held.
+    if !matches!(cli.command, Command::Serve(_)) {
+        keep_freed_memory();
+    }
     quiet_on_closed_pipe();
     let result = match cli.command {
         Command::Init(a) => init::init(a),
@@ -146,6 +154,7 @@ fn main() -> ExitCode {
         Command::Tune(a) => tune::run(a),
         Command::Review(a) => review::run(a),
         Command::Label(a) => label::run(a),
+        Command::ServeTrain { args } => return ExitCode::from(tunegate_serve::ft::train_child(&args) as u8),
     };
     match result {
         Ok(code) => code,

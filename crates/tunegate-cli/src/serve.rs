@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// are loaded again when asked for.
     #[arg(long, default_value_t = 2, value_parser = crate::args::at_least_one)]
     pub max_tuned_loaded: usize,
+    /// Seconds a fine-tuned model stays loaded after its last request.
+    #[arg(long, default_value_t = 300, value_parser = crate::args::at_least_one)]
+    pub tuned_keep_alive: usize,
     /// Where uploaded training files, fine-tuned adapters and job records are
     /// kept (default: the model cache's `serve/` directory).
     #[arg(long)]
@@ -56,6 +59,12 @@ pub struct ServeArgs {
     /// Largest training-file upload in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_upload: usize,
+}
+
+extern "C" {
+    /// mimalloc (the global allocator): frees what it can of the memory it
+    /// keeps, abandoned pages of exited threads included.
+    fn mi_collect(force: bool);
 }
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
@@ -91,12 +100,26 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         body_timeout: Duration::from_secs(a.body_timeout as u64),
         default_max_tokens: a.default_max_tokens,
         state_dir: state_dir.clone(),
+        // Each fine-tuning job trains in a child `tunegate serve-train`.
+        trainer: std::env::current_exe().ok().map(|exe| vec![exe.into_os_string(), "serve-train".into()]),
     };
     let state = tunegate_serve::AppState::new(cfg, engine).with_context(|| format!("cannot use {}", state_dir.display()))?;
     let rt = crate::args::runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
         eprintln!("serving {} on http://{}/v1 (OpenAI-compatible){}", state.cfg.model_id, listener.local_addr()?, if state.cfg.api_key.is_some() { ", bearer key required" } else { "" });
+        let keep = Duration::from_secs(a.tuned_keep_alive as u64);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((keep / 4).min(Duration::from_secs(30)));
+            loop {
+                tick.tick().await;
+                if LocalEngine::unload_idle(keep) > 0 {
+                    // Give the freed weights back to the system now.
+                    // SAFETY: mimalloc's collector takes no pointers.
+                    unsafe { mi_collect(true) }
+                }
+            }
+        });
         tunegate_serve::serve(state, listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })

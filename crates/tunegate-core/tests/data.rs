@@ -369,6 +369,8 @@ fn epochs_prices_and_axolotl_config() {
     assert_eq!(v["datasets"][0]["type"].as_str(), Some("chat_template"));
     assert_eq!(v["lora_r"].as_u64(), Some(8));
     assert_eq!(v["lora_alpha"].as_f64(), Some(16.0));
+    // Gemma's turn ends with <end_of_turn>: axolotl trains it only when told.
+    assert_eq!(v["eot_tokens"][0].as_str(), Some("<end_of_turn>"), "{yaml}");
     assert_eq!(export::validate_axolotl_config("adapter: lora\n").len(), 10);
 }
 

@@ -61,9 +61,12 @@ type Key = (PathBuf, Option<PathBuf>);
 /// asked for again. `serve` lowers it (`--max-tuned-loaded`).
 static MAX_ADAPTER_ENGINES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
 
-/// Loaded engines, the most recently used last.
-fn registry() -> &'static Mutex<Vec<(Key, Arc<LocalEngine>)>> {
-    static R: OnceLock<Mutex<Vec<(Key, Arc<LocalEngine>)>>> = OnceLock::new();
+/// Loaded engines with when each was last asked for, the most recently
+/// used last.
+type Registry = Vec<(Key, Arc<LocalEngine>, std::time::Instant)>;
+
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(vec![]))
 }
 
@@ -77,29 +80,59 @@ impl LocalEngine {
     pub fn get_with(path: &Path, adapter: Option<&Path>) -> Result<Arc<LocalEngine>, ProviderError> {
         let key = (path.to_path_buf(), adapter.map(Path::to_path_buf));
         let mut reg = registry().lock().unwrap();
-        if let Some(i) = reg.iter().position(|(k, _)| *k == key) {
-            let e = reg.remove(i);
-            let w = e.1.clone();
-            reg.push(e);
+        if let Some(i) = reg.iter().position(|(k, _, _)| *k == key) {
+            let (k, w, _) = reg.remove(i);
+            reg.push((k, w.clone(), std::time::Instant::now()));
             return Ok(w);
         }
-        let model = Arc::new(LocalModel::load_with_adapter(path, adapter).map_err(|e| ProviderError::Config(format!("cannot load the local model {}{}: {e}", path.display(), adapter.map(|a| format!(" with adapter {}", a.display())).unwrap_or_default())))?);
+        // The model is loaded on its own thread, which holds it to the end:
+        // its weights are allocated and freed by one thread, so when an
+        // idle tuned model is let go the allocator can give the memory back
+        // (freed from another thread, it stayed with the allocator).
         let (tx, rx) = mpsc::channel::<Job>();
-        let (m, load) = (model.clone(), Arc::new(Load::default()));
+        let (loaded_tx, loaded_rx) = mpsc::sync_channel(1);
+        let load = Arc::new(Load::default());
         let l = load.clone();
+        let (p, a) = (path.to_path_buf(), adapter.map(Path::to_path_buf));
         std::thread::Builder::new()
             .name("tunegate-local-model".into())
-            .spawn(move || serve(m, rx, l))
+            .spawn(move || match LocalModel::load_with_adapter(&p, a.as_deref()) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    if loaded_tx.send(Ok(m.clone())).is_ok() {
+                        serve(m, rx, l);
+                    }
+                }
+                Err(e) => {
+                    let _ = loaded_tx.send(Err(e.to_string()));
+                }
+            })
             .map_err(|e| ProviderError::Config(format!("cannot start the model thread: {e}")))?;
+        let model = loaded_rx
+            .recv()
+            .map_err(|_| ProviderError::Config("the model thread stopped while loading".into()))?
+            .map_err(|e| ProviderError::Config(format!("cannot load the local model {}{}: {e}", path.display(), adapter.map(|a| format!(" with adapter {}", a.display())).unwrap_or_default())))?;
         let w = Arc::new(LocalEngine { tx: Mutex::new(tx), model, load });
-        reg.push((key, w.clone()));
+        reg.push((key, w.clone(), std::time::Instant::now()));
         // An evicted engine's thread ends (and its weights are freed) once
         // the requests holding it are answered.
-        while reg.iter().filter(|(k, _)| k.1.is_some()).count() > MAX_ADAPTER_ENGINES.load(std::sync::atomic::Ordering::Relaxed).max(1) {
-            let oldest = reg.iter().position(|(k, _)| k.1.is_some()).unwrap_or(0);
+        while reg.iter().filter(|(k, _, _)| k.1.is_some()).count() > MAX_ADAPTER_ENGINES.load(std::sync::atomic::Ordering::Relaxed).max(1) {
+            let oldest = reg.iter().position(|(k, _, _)| k.1.is_some()).unwrap_or(0);
             reg.remove(oldest);
         }
         Ok(w)
+    }
+
+    /// Lets go of the engines with an adapter that nobody asked for in
+    /// `idle` (serve's `--tuned-keep-alive`): a tuned model trained and
+    /// tried once does not hold its ~0.4 GB for the life of the server. It
+    /// loads again, in about a second, when next asked for. Returns how
+    /// many were let go.
+    pub fn unload_idle(idle: std::time::Duration) -> usize {
+        let mut reg = registry().lock().unwrap();
+        let before = reg.len();
+        reg.retain(|(k, _, used)| k.1.is_none() || used.elapsed() < idle);
+        before - reg.len()
     }
 
     /// How many engines with an adapter stay loaded at once (at least 1).

@@ -43,6 +43,9 @@ pub struct FtState {
     body_timeout: std::time::Duration,
     /// The fine-tuning worker's queue, started with the first job.
     worker: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Queued>>>,
+    /// The command that trains one job in a child process (see
+    /// [`crate::Config::trainer`]); None trains on the worker thread.
+    trainer: Option<Vec<std::ffi::OsString>>,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,7 @@ impl FtState {
             max_upload: cfg.max_upload,
             body_timeout: cfg.body_timeout,
             worker: Default::default(),
+            trainer: cfg.trainer.clone(),
         })
     }
     fn next(&self, prefix: &str) -> String {
@@ -407,7 +411,11 @@ fn work(ft: &FtState, rx: std::sync::mpsc::Receiver<Queued>) {
         if j.stop.load(Ordering::Relaxed) {
             continue; // cancelled while queued
         }
-        if let Err(e) = run_job(ft, &ft.engine.model.tokenizer, &j, &path, &settings, &ft.model_id, &suffix) {
+        let ran = match &ft.trainer {
+            Some(cmd) => run_job_child(ft, cmd, &j, &path, &suffix),
+            None => run_job(ft, &ft.engine.model.tokenizer, &j, &path, &settings, &ft.model_id, &suffix),
+        };
+        if let Err(e) = ran {
             *j.error.lock().unwrap() = Some(e.clone());
             j.event("error", format!("Training failed: {e}"), json!({}));
             j.set_status(&ft.dir, "failed");
@@ -501,6 +509,12 @@ fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std:
     }
     model.save_peft(&dir, "google/gemma-3-270m").map_err(|e| e.to_string())?;
     drop(model);
+    succeeded(ft, job, &dir, base, suffix)
+}
+
+/// A job whose adapter is saved in `dir`: named, served, recorded.
+fn succeeded(ft: &FtState, job: &Job, dir: &std::path::Path, base: &str, suffix: &str) -> Result<(), String> {
+    let dir = dir.to_path_buf();
     let name = format!("ft:{base}:{suffix}:{}", job.id);
     std::fs::write(dir.join("model_name"), &name).map_err(|e| e.to_string())?;
     ft.served.lock().unwrap().insert(name.clone(), (dir, chrono::Utc::now().timestamp()));
@@ -508,6 +522,132 @@ fn run_job(ft: &FtState, tok: &tunegate_model::Tokenizer, job: &Job, path: &std:
     job.event("info", format!("The job has successfully completed; model {name}"), json!({}));
     job.set_status(&ft.dir, "succeeded");
     Ok(())
+}
+
+/// Trains a job in a child process (`tunegate serve-train`, [`train_child`]):
+/// the training model and its buffers are the child's, so when the job
+/// ends their memory goes back to the system, not to this server's
+/// allocator (five jobs on the worker thread left the idle server 3 GB
+/// larger). The child reports steps and epochs as JSON lines; cancelling
+/// kills it (its checkpoints stay on disk).
+fn run_job_child(ft: &FtState, cmd: &[std::ffi::OsString], job: &Job, path: &std::path::Path, suffix: &str) -> Result<(), String> {
+    use std::io::BufRead;
+    let dir = ft.dir.join("adapters").join(&job.id);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (exe, pre) = cmd.split_first().ok_or("no trainer command")?;
+    let mut child = std::process::Command::new(exe)
+        .args(pre)
+        .arg(&ft.model_path)
+        .arg(path)
+        .arg(&dir)
+        .arg(&job.id)
+        .arg(job.hyper.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the training process: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let err = child.stderr.take().ok_or("no stderr")?;
+    let stderr = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let (mut done, mut failure) = (false, None);
+    for line in std::io::BufReader::new(out).lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        match v["event"].as_str() {
+            Some("started") => {
+                job.event("info", format!("Training started on {} examples", v["examples"]), json!({}));
+                job.set_status(&ft.dir, "running");
+            }
+            Some("step") => {
+                job.trained_tokens.fetch_add(v["tokens"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                job.event("info", format!("Step {}/{}: training loss={:.4}", v["step"], v["total"], v["loss"].as_f64().unwrap_or(f64::NAN)), json!({"step": v["step"], "train_loss": v["loss"]}));
+            }
+            Some("epoch") => {
+                let mut cks = job.checkpoints.lock().unwrap();
+                let n = cks.len();
+                cks.push(json!({"id": format!("ftckpt-{}-{n}", job.id), "object": "fine_tuning.job.checkpoint", "fine_tuning_job_id": job.id, "step_number": v["step_number"], "created_at": chrono::Utc::now().timestamp()}));
+            }
+            Some("done") => done = true,
+            Some("error") => failure = v["message"].as_str().map(str::to_string),
+            _ => {}
+        }
+        if job.stop.load(Ordering::Relaxed) {
+            let _ = child.kill();
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let stderr = stderr.join().unwrap_or_default();
+    if job.stop.load(Ordering::Relaxed) {
+        job.event("info", "Job cancelled".to_string(), json!({}));
+        job.save(&ft.dir);
+        return Ok(());
+    }
+    if !done || !status.success() {
+        let tail: String = stderr.trim().chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(failure.unwrap_or_else(|| format!("the training process ended with {status}: {tail}")));
+    }
+    succeeded(ft, job, &dir, &ft.model_id, suffix)
+}
+
+/// The child side of [`run_job_child`]: `MODEL DATA OUT_DIR JOB_ID
+/// HYPERPARAMETERS_JSON`. Trains, saves the PEFT adapter in OUT_DIR and
+/// reports on stdout one JSON object a line. Returns the exit code.
+pub fn train_child(args: &[String]) -> i32 {
+    use std::io::Write;
+    let say = |v: Value| {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{v}");
+        let _ = o.flush();
+    };
+    let run = || -> Result<(), String> {
+        let [model, data, out, job_id, hyper] = args else { return Err("usage: serve-train MODEL DATA OUT_DIR JOB_ID HYPERPARAMETERS_JSON".into()) };
+        let hyper: Value = serde_json::from_str(hyper).map_err(|e| format!("hyperparameters: {e}"))?;
+        let settings = settings_for(&hyper, "hyperparameters").map_err(|e| e.message)?;
+        let model_path = std::path::Path::new(model);
+        let gguf = tunegate_model::GgufFile::open(model_path).map_err(|e| e.to_string())?;
+        let tok = tunegate_model::Tokenizer::from_gguf(&gguf).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(data).map_err(|e| e.to_string())?;
+        let examples: Vec<_> = tunegate_tune::examples::from_chat_jsonl(&text).map_err(|(line, m)| format!("line {line}: {m}"))?.iter().map(|e| e.encode(&tok)).collect();
+        say(json!({"event": "started", "examples": examples.len()}));
+        let mut lora = tunegate_tune::local::load_model(model_path, &settings).map_err(|e| e.to_string())?;
+        let dir = std::path::Path::new(out);
+        let steps_per_epoch = examples.len().div_ceil(settings.batch_size * settings.grad_accum);
+        let mut sink = ChildLog { steps_per_epoch, say: &say };
+        tunegate_tune::local::train(
+            &mut lora,
+            &settings,
+            Run { job_id, train: &examples, validation: &[], checkpoint_dir: Some(&dir.join("checkpoint")), resumed: None, stop: None, metric: None },
+            &mut sink,
+        )
+        .map_err(|e| e.to_string())?;
+        lora.save_peft(dir, "google/gemma-3-270m").map_err(|e| e.to_string())?;
+        say(json!({"event": "done"}));
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(message) => {
+            say(json!({"event": "error", "message": message}));
+            1
+        }
+    }
+}
+
+/// The child's sink: training events as JSON lines for the server.
+struct ChildLog<'a> {
+    steps_per_epoch: usize,
+    say: &'a dyn Fn(Value),
+}
+
+impl TrainSink for ChildLog<'_> {
+    fn event(&mut self, e: &TrainEvent<'_>) {
+        match e {
+            TrainEvent::Step { info, .. } => (self.say)(json!({"event": "step", "step": info.step + 1, "total": info.total_steps, "loss": info.loss, "tokens": info.tokens})),
+            TrainEvent::Epoch(e) => (self.say)(json!({"event": "epoch", "step_number": (e.epoch + 1) * self.steps_per_epoch})),
+            _ => {}
+        }
+    }
 }
 
 pub async fn list(State(ft): State<Arc<FtState>>, headers: HeaderMap, Query(q): Query<Page>) -> Response {

@@ -58,6 +58,10 @@ pub struct Config {
     pub default_max_tokens: usize,
     /// Uploaded files, adapters and job records.
     pub state_dir: PathBuf,
+    /// The command that trains one fine-tuning job in a child process
+    /// (`tunegate serve-train`), so its memory is returned when the job
+    /// ends; None trains on a thread of this process.
+    pub trainer: Option<Vec<std::ffi::OsString>>,
 }
 
 pub struct AppState {

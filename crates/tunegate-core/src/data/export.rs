@@ -511,6 +511,9 @@ pub fn axolotl_config(task: &Task, o: &AxolotlOptions) -> String {
         format!("sequence_len: {}", o.sequence_len),
         "sample_packing: false".to_string(),
         format!("chat_template: {template}"),
+        // Gemma ends a turn with <end_of_turn>, not <eos>: without this axolotl
+        // trains the answer but never the turn's end (seen with axolotl 0.19).
+        if template == "gemma3" { "eot_tokens: [\"<end_of_turn>\"]".to_string() } else { "# eot_tokens: the template's turn-ending token, if it is not the tokenizer's EOS".to_string() },
         "datasets:".to_string(),
         format!("  - path: {}", o.dataset),
         "    ds_type: json".to_string(),
