@@ -125,6 +125,8 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     opts.repeat = a.repeat.max(1);
     opts.use_cache = !a.run.no_cache;
     opts.resume = a.resume.clone();
+    opts.max_retries = a.run.max_retries;
+    opts.only_prompts = a.prompts.clone();
     let rt = runtime()?;
     let batch = match a.batch || a.attach.is_some() {
         true => crate::batch::vendor(&a, &prep, &providers, &mut opts, &rt, &path)?,
@@ -142,8 +144,6 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
             opts.only_providers = list("providers");
         }
     }
-    opts.max_retries = a.run.max_retries;
-    opts.only_prompts = a.prompts.clone();
     let stop = opts.stop.clone();
     let progress = Arc::new(ProgressSink::new(!a.run.no_progress && a.format == Format::Text || !a.run.no_progress && a.output.is_some()));
     let sinks: Vec<Arc<dyn Sink>> = vec![progress.clone()];

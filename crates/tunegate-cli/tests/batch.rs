@@ -190,3 +190,27 @@ fn bad_output_files_are_refused_before_anything_is_stored() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("20990101-000000-beef"), "{}", err(&o));
 }
+
+/// A run exported for one prompt stays that prompt's: `--resume` after the
+/// import calls only its pending cases, not the task's other prompts.
+#[test]
+fn resume_after_an_import_keeps_to_the_runs_own_prompts() {
+    let chats = Arc::new(Mutex::new(0));
+    let srv = server(chats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    task(d, &srv.url());
+    let o = tg(d, &["eval", "--prompt", "b", "--export-batch", "requests.jsonl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let lines: Vec<Value> = std::fs::read_to_string(d.join("requests.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), CASES);
+    let answers: Vec<String> = lines.iter().skip(2).map(|l| ok_line(l["custom_id"].as_str().unwrap(), label(case_of(l)))).collect();
+    std::fs::write(d.join("results.jsonl"), answers.join("\n")).unwrap();
+    let o = tg(d, &["eval", "--import-batch", "results.jsonl"]);
+    assert!(err(&o).contains("18 answers scored") && err(&o).contains("2 calls still pending"), "{}", err(&o));
+    let run_id = json_of(&tg(d, &["runs", "--format", "json"]))[0]["run"]["id"].as_str().unwrap().to_string();
+    let o = tg(d, &["eval", "--resume", &run_id, "--format", "json"]);
+    assert_eq!(*chats.lock().unwrap(), 2, "only the run's two pending calls: {}", err(&o));
+    let v = json_of(&o);
+    assert_eq!(v["summary"]["total"].as_u64(), Some(CASES as u64), "{}", v["summary"]);
+}

@@ -166,9 +166,31 @@ fn fine_tuning_endpoints_train_and_serve_the_tuned_model() {
         srv.port
     );
     std::fs::write(dir.path().join("tunegate.yaml"), yaml).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["tune", "--poll-interval", "0.5"]).current_dir(dir.path()).env("FT_KEY", "ft-key").output().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tunegate"))
+        .args(["tune", "--poll-interval", "0.5"])
+        .current_dir(dir.path())
+        .env("FT_KEY", "ft-key")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Issue 17 (8): the job trains in a child process of the server (its
+    // memory goes back to the system when it ends), which is gone after.
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let trainer_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).is_ok_and(|c| c.contains("serve-train") && c.contains(&state_dir)))
+    };
+    let pid = child.id();
+    let mut seen = false;
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists() && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| !s.contains("State:\tZ")) {
+        seen |= trainer_running();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
     let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
     assert!(o.status.success(), "{out}{err}");
+    assert!(seen, "no `tunegate serve-train` process was seen while the job ran");
+    assert!(!trainer_running(), "the training process ended with its job");
     assert!(err.contains("succeeded") && err.contains("training loss"), "{err}");
     let model = out.lines().find_map(|l| l.strip_prefix("fine-tuned model: ")).unwrap().trim().to_string();
     assert!(model.starts_with("ft:gemma-3-270m:"), "{model}");
