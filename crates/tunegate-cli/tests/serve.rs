@@ -223,4 +223,17 @@ fn fine_tuning_endpoints_train_and_serve_the_tuned_model() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(st == 400 && v["error"]["param"] == field, "{h}: {st} {body}");
     }
+    // Issue 17 (8): job records live in the state directory, not only in
+    // memory: after a restart the job, its events and its model are there.
+    let (_, body) = http(srv.port, "GET", "/v1/fine_tuning/jobs?limit=1", Some("ft-key"), "");
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let job = job["data"][0].clone();
+    drop(srv);
+    let srv = start(&["--api-key", "ft-key", "--state-dir", state.path().to_str().unwrap()]);
+    let (st, body) = http(srv.port, "GET", &format!("/v1/fine_tuning/jobs/{}", job["id"].as_str().unwrap()), Some("ft-key"), "");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(st == 200 && again["status"] == "succeeded" && again["fine_tuned_model"] == model.as_str() && again["finished_at"].is_i64(), "{body}");
+    let (_, body) = http(srv.port, "GET", &format!("/v1/fine_tuning/jobs/{}/events", job["id"].as_str().unwrap()), Some("ft-key"), "");
+    assert!(body.contains("training loss"), "{body}");
+    assert!(http(srv.port, "GET", "/v1/models", Some("ft-key"), "").1.contains(&model));
 }
