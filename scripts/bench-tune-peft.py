@@ -24,6 +24,9 @@ import resource
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_gemma import load_base  # noqa: E402
+
 MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 
@@ -49,18 +52,7 @@ def main():
     gguf = os.path.abspath(a.gguf)
     cache = a.cache_dir or os.path.join(os.path.dirname(gguf), "hf-" + os.path.basename(gguf).rsplit(".", 1)[0])
     t0 = time.perf_counter()
-    if os.path.isfile(os.path.join(cache, "config.json")):
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32)
-        # The weights are already dequantized to float32; transformers still
-        # flags the model as GGUF-quantized and refuses save_pretrained.
-        import safetensors.torch
-        os.makedirs(cache, exist_ok=True)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.save_pretrained(cache)
-        safetensors.torch.save_model(model, os.path.join(cache, "model.safetensors"))
+    model, _ = load_base(cache, gguf)
     load_s = time.perf_counter() - t0
     model.config.use_cache = False
     d = json.load(open(a.data))

@@ -39,6 +39,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_gemma import load_base  # noqa: E402
+
 DEFAULT_GGUF = os.path.expanduser("~/.cache/tunegate/models/gemma-3-270m-q4_k_m.gguf")
 
 
@@ -59,29 +62,6 @@ def run_params(task_dir, provider):
             params = p.get("params") or {}
             return params.get("max_tokens", 64), list(params.get("stop") or []), params
     return 64, [], {}
-
-
-def load_base(hf_dir, gguf):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        # As scripts/bench-tune-peft.py does it.
-        import safetensors.torch
-
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32)
-        os.makedirs(hf_dir, exist_ok=True)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.save_pretrained(hf_dir)
-        safetensors.torch.save_model(model, os.path.join(hf_dir, "model.safetensors"))
-    if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
-        tok.save_pretrained(hf_dir)
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    model.eval()
-    return model, tok
 
 
 def greedy(model, ids, max_tokens, stop, eog, tok):

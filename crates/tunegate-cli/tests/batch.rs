@@ -4,23 +4,15 @@
 //! ids) comes back through `--import-batch`; `--resume` calls the rest live
 //! against a real HTTP server on 127.0.0.1.
 
+#[path = "common/batch.rs"]
+mod support;
+
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+use support::{case_of, err, json_of, label, runs, tg, CASES};
 use tunegate_providers::testserver::{chat_completion, Reply, TestServer};
 
-const CASES: usize = 20;
-
-fn label(n: usize) -> &'static str {
-    if n % 2 == 0 {
-        "billing"
-    } else {
-        "other"
-    }
-}
-
-/// A live OpenAI-compatible server that always answers "billing".
 fn server(chats: Arc<Mutex<usize>>) -> TestServer {
     TestServer::start(move |_, r| {
         if r.header("authorization") != Some("Bearer sk-batch-secret") {
@@ -32,32 +24,8 @@ fn server(chats: Arc<Mutex<usize>>) -> TestServer {
 }
 
 fn task(dir: &Path, url: &str) {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let eval: String = (0..CASES).map(|n| format!("{{\"input\": \"case {n} please\", \"expected\": \"{}\"}}\n", label(n))).collect();
-    std::fs::write(dir.join("data/eval.jsonl"), eval).unwrap();
-    let yaml = format!(
-        "version: 1\ntask:\n  name: triage\n  kind: classification\n  labels: [billing, other]\nprompts:\n  - id: a\n    template: \"Message: {{{{ input }}}}\\nTeam:\"\n  - id: b\n    template: \"Route this message: {{{{ input }}}}\"\nproviders:\n  - id: openai:gpt-4o-mini\n    base_url: {url}/v1\n    api_key_env: BATCH_KEY\n    params: {{ max_tokens: 4, temperature: 0 }}\ndata:\n  eval: data/eval.jsonl\n"
-    );
-    std::fs::write(dir.join("tunegate.yaml"), yaml).unwrap();
-}
-
-fn tg(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tunegate")).args(args).args(["--no-progress"].iter().filter(|_| args[0] == "eval")).current_dir(dir).env("BATCH_KEY", "sk-batch-secret").output().unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&o.stdout), err(o)))
-}
-
-/// The case number a request line is about, read from its messages.
-fn case_of(line: &Value) -> usize {
-    let text = line["body"]["messages"].to_string();
-    let i = text.find("case ").unwrap() + 5;
-    text[i..].split(' ').next().unwrap().parse().unwrap()
+    let prompts = "  - id: a\n    template: \"Message: {{ input }}\\nTeam:\"\n  - id: b\n    template: \"Route this message: {{ input }}\"\n";
+    support::task(dir, prompts, &format!("  - id: openai:gpt-4o-mini\n    base_url: {url}/v1\n    api_key_env: BATCH_KEY\n    params: {{ max_tokens: 4, temperature: 0 }}\n"));
 }
 
 fn ok_line(id: &str, answer: &str) -> String {
@@ -101,9 +69,9 @@ fn export_then_import_gives_the_planted_counts_and_resume_finishes_the_run() {
         assert!(l["body"]["messages"].to_string().contains("Route this message"), "only prompt b: {l}");
         assert!(!l.to_string().contains("sk-batch-secret"));
     }
-    let runs = json_of(&tg(d, &["runs", "--format", "json"]));
-    let run_id = runs[0]["run"]["id"].as_str().unwrap().to_string();
-    assert_eq!(runs[0]["run"]["status"], "pending", "{runs}");
+    let listed = runs(d);
+    let run_id = listed[0]["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["run"]["status"], "pending", "{listed}");
 
     // The engine's output, planted: newest line first, then the rest
     // rotated; 10 right, 4 wrong, 2 non-200s, 1 error line, 1 expired,
@@ -162,8 +130,7 @@ fn export_then_import_gives_the_planted_counts_and_resume_finishes_the_run() {
     let v = json_of(&o);
     assert_eq!(*chats.lock().unwrap(), CASES + 3, "{}", err(&o));
     assert_eq!(v["summary"]["total"].as_u64(), Some(2 * CASES as u64), "{}", v["summary"]);
-    let runs = json_of(&tg(d, &["runs", "--format", "json"]));
-    assert_eq!(runs[0]["run"]["status"], "complete", "{runs}");
+    assert_eq!(runs(d)[0]["run"]["status"], "complete");
 }
 
 #[test]
@@ -182,7 +149,7 @@ fn bad_output_files_are_refused_before_anything_is_stored() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("bad.jsonl: line 2") && err(&o).contains("neither `response` nor `error`"), "{}", err(&o));
     // Nothing was scored: the run still holds no result.
-    let runs = json_of(&tg(d, &["runs", "--format", "json"]));
+    let runs = runs(d);
     assert_eq!(runs[0]["results"], 0, "{runs}");
     // A file whose ids name no run of this task.
     std::fs::write(d.join("other.jsonl"), ok_line("20990101-000000-beef_0123456789abcdef", "billing") + "\n").unwrap();
@@ -208,7 +175,7 @@ fn resume_after_an_import_keeps_to_the_runs_own_prompts() {
     std::fs::write(d.join("results.jsonl"), answers.join("\n")).unwrap();
     let o = tg(d, &["eval", "--import-batch", "results.jsonl"]);
     assert!(err(&o).contains("18 answers scored") && err(&o).contains("2 calls still pending"), "{}", err(&o));
-    let run_id = json_of(&tg(d, &["runs", "--format", "json"]))[0]["run"]["id"].as_str().unwrap().to_string();
+    let run_id = runs(d)[0]["run"]["id"].as_str().unwrap().to_string();
     let o = tg(d, &["eval", "--resume", &run_id, "--format", "json"]);
     assert_eq!(*chats.lock().unwrap(), 2, "only the run's two pending calls: {}", err(&o));
     let v = json_of(&o);

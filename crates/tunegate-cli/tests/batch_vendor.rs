@@ -4,36 +4,15 @@
 //! (`/v1/messages/batches`, `results_url`): partial failures, expiry,
 //! cancellation, and `--attach` after the watching process died.
 
+#[path = "common/batch.rs"]
+mod support;
+
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use support::{case_of, cmd, err, json_of, label, runs, tg, wrong, CASES};
 use tunegate_providers::testserver::{chat_completion, Recorded, Reply, TestServer};
-
-const CASES: usize = 20;
-
-fn label(n: usize) -> &'static str {
-    if n % 2 == 0 {
-        "billing"
-    } else {
-        "other"
-    }
-}
-
-fn wrong(n: usize) -> &'static str {
-    if n % 2 == 0 {
-        "other"
-    } else {
-        "billing"
-    }
-}
-
-/// The case number a request is about ("case N please").
-fn case_of(v: &Value) -> usize {
-    let t = v.to_string();
-    let i = t.find("case ").unwrap() + 5;
-    t[i..].split(' ').next().unwrap().parse().unwrap()
-}
 
 #[derive(Default)]
 struct Vendor {
@@ -50,36 +29,8 @@ struct Vendor {
 }
 
 fn task(dir: &Path, provider: &str, url: &str) {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let eval: String = (0..CASES).map(|n| format!("{{\"input\": \"case {n} please\", \"expected\": \"{}\"}}\n", label(n))).collect();
-    std::fs::write(dir.join("data/eval.jsonl"), eval).unwrap();
-    let yaml = format!(
-        "version: 1\ntask:\n  name: triage\n  kind: classification\n  labels: [billing, other]\nprompts:\n  - id: a\n    template: \"Message: {{{{ input }}}}\\nTeam:\"\nproviders:\n  - id: {provider}\n    base_url: {url}\n    api_key_env: VENDOR_KEY\n    params: {{ max_tokens: 4, temperature: 0 }}\ndata:\n  eval: data/eval.jsonl\n"
-    );
-    std::fs::write(dir.join("tunegate.yaml"), yaml).unwrap();
-}
-
-fn cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tunegate"));
-    c.args(args).args(["--no-progress", "--poll-interval", "0.02"]).current_dir(dir).env("VENDOR_KEY", "sk-vendor-secret");
-    c
-}
-
-fn tg(dir: &Path, args: &[&str]) -> Output {
-    cmd(dir, args).output().unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&o.stdout), err(o)))
-}
-
-fn runs(dir: &Path) -> Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_tunegate")).args(["runs", "--format", "json"]).current_dir(dir).output().unwrap();
-    json_of(&o)
+    let prompts = "  - id: a\n    template: \"Message: {{ input }}\\nTeam:\"\n";
+    support::task(dir, prompts, &format!("  - id: {provider}\n    base_url: {url}\n    api_key_env: VENDOR_KEY\n    params: {{ max_tokens: 4, temperature: 0 }}\n"));
 }
 
 /// OpenAI's answer for request line k: right for most, wrong for k in
