@@ -181,3 +181,23 @@ fn resume_after_an_import_keeps_to_the_runs_own_prompts() {
     let v = json_of(&o);
     assert_eq!(v["summary"]["total"].as_u64(), Some(CASES as u64), "{}", v["summary"]);
 }
+
+/// An exported call's answer in the output file wins over a cache entry
+/// written since (here by a live run before a `--no-cache` export).
+#[test]
+fn an_imported_answer_wins_over_the_cache() {
+    let chats = Arc::new(Mutex::new(0));
+    let srv = server(chats.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    task(d, &srv.url());
+    tg(d, &["eval", "--prompt", "a"]);
+    let o = tg(d, &["eval", "--prompt", "a", "--no-cache", "--export-batch", "requests.jsonl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let answers: Vec<String> = std::fs::read_to_string(d.join("requests.jsonl")).unwrap().lines().map(|l| ok_line(serde_json::from_str::<Value>(l).unwrap()["custom_id"].as_str().unwrap(), "other")).collect();
+    std::fs::write(d.join("results.jsonl"), answers.join("\n")).unwrap();
+    let o = tg(d, &["eval", "--import-batch", "results.jsonl", "--format", "json"]);
+    assert!(err(&o).contains("20 answers scored"), "{}", err(&o));
+    let v = json_of(&o);
+    assert!(v["results"].as_array().unwrap().iter().all(|r| r["output"] == "other" && r["cached"] == false), "{}", v["summary"]);
+}

@@ -413,7 +413,14 @@ impl Job {
         row.messages = serde_json::to_value(&messages).unwrap_or(Value::Null);
         let params = self.slot.spec.params.clone();
         let key = cache_key(&provider.identity(), &params, &messages, self.repeat);
-        let cached = if self.opts.use_cache { self.reader.lock().ok().and_then(|s| s.cache_get(&key).ok().flatten()) } else { None };
+        let id = || tunegate_providers::batch::custom_id(&self.run_id, &prompt.id, provider.name(), &case.id, self.repeat);
+        // An imported answer wins over the cache: the call was exported
+        // because the cache could not answer it then.
+        let imported = match &self.opts.batch {
+            Some(BatchMode::Import(x)) => x.take(&id()),
+            _ => None,
+        };
+        let cached = if self.opts.use_cache && imported.is_none() { self.reader.lock().ok().and_then(|s| s.cache_get(&key).ok().flatten()) } else { None };
         let mut to_cache = None;
         let (response, latency_ms) = match cached {
             Some(c) => {
@@ -424,25 +431,18 @@ impl Job {
             }
             None => {
                 let req = Request { messages, params };
-                let (res, latency, attempts) = match &self.opts.batch {
-                    None => self.call_with_retries(&req).await,
-                    Some(mode) => {
-                        let id = tunegate_providers::batch::custom_id(&self.run_id, &prompt.id, provider.name(), &case.id, self.repeat);
-                        match mode {
-                            BatchMode::Export(x) => {
-                                let (url, body) = provider.batch_request(&req);
-                                let line = tunegate_providers::batch::request_line(&id, url, &body);
-                                x.push((self.pi, self.slot_index, self.ci, self.repeat), provider.name(), id, req, line);
-                                return true;
-                            }
-                            BatchMode::Import(x) => match x.take(&id) {
-                                None => return true,
-                                Some(Answer::Body(b)) => (provider.batch_response(&b), 0.0, 1),
-                                Some(Answer::Failed(e)) => (Err(e), 0.0, 1),
-                                Some(Answer::NotRun(_)) => return true,
-                            },
-                        }
+                let (res, latency, attempts) = match (&self.opts.batch, imported) {
+                    (None, _) => self.call_with_retries(&req).await,
+                    (Some(BatchMode::Export(x)), _) => {
+                        let (url, body) = provider.batch_request(&req);
+                        let line = tunegate_providers::batch::request_line(&id(), url, &body);
+                        x.push((self.pi, self.slot_index, self.ci, self.repeat), provider.name(), id(), req, line);
+                        return true;
                     }
+                    (Some(BatchMode::Import(_)), Some(Answer::Body(b))) => (provider.batch_response(&b), 0.0, 1),
+                    (Some(BatchMode::Import(_)), Some(Answer::Failed(e))) => (Err(e), 0.0, 1),
+                    // No answer (or one the batch never ran): still pending.
+                    (Some(BatchMode::Import(_)), _) => return true,
                 };
                 row.attempts = attempts;
                 if let Ok(r) = &res {
