@@ -70,6 +70,11 @@ impl Provider for AnthropicProvider {
         let (output, pt, ct) = parse_message(&v)?;
         Ok(Response { output, prompt_tokens: pt, completion_tokens: ct, cost_usd: pricing::cost(self.price, pt, ct) })
     }
+    /// In a batch file, a chat completion for this model: the format's
+    /// engines speak OpenAI's API (`--batch` sends Messages requests).
+    fn batch_request(&self, req: &Request) -> (&'static str, Value) {
+        ("/v1/chat/completions", crate::openai::chat_body(&self.model, req))
+    }
     /// A Messages API result (a Message Batch's `message`), or a chat
     /// completion when the exported file ran on an OpenAI-format engine.
     fn batch_response(&self, body: &Value) -> Result<Response, ProviderError> {
