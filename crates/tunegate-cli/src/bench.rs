@@ -213,12 +213,12 @@ fn model_bench(a: ModelBenchArgs) -> Result<ExitCode> {
     for run in 0..4 {
         let mut cache = m.new_cache();
         let t = Instant::now();
-        let mut logits = m.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, all_logits: false }])?.remove(0).to_vec1::<f32>()?;
+        let mut logits = m.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, all_logits: false, prompt_len: prompt.len() }])?.remove(0).to_vec1::<f32>()?;
         let p = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..a.decode_tokens {
             let id = argmax(&logits);
-            logits = m.forward(&mut [SeqInput { tokens: &[id], cache: &mut cache, all_logits: false }])?.remove(0).to_vec1::<f32>()?;
+            logits = m.forward(&mut [SeqInput { tokens: &[id], cache: &mut cache, all_logits: false, prompt_len: prompt.len() }])?.remove(0).to_vec1::<f32>()?;
         }
         let d = t.elapsed().as_secs_f64();
         if run > 0 {

@@ -281,3 +281,39 @@ fn model_generate_picks_a_label_by_scoring_or_constrained_decoding() {
     assert_eq!(d["finish_reason"], "stop", "{d}");
     assert_eq!(s["text"].as_str().unwrap(), label, "scoring {s} vs decoding {d}");
 }
+
+/// A local eval's answers are the same case by case at any concurrency:
+/// continuous batching puts the cases into different forward calls each
+/// time (by timing), and the model's rows must not care (model crate,
+/// `numerics::Regime`). Free generation, prompts from 3 to 90 tokens, two
+/// sharing a long prefix: before, these runs differed.
+#[test]
+fn local_eval_outputs_do_not_depend_on_concurrency() {
+    if !common::model_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = "Continue the product note in the same style. Notes so far: the kettle boils in three minutes, the toaster has six settings, the blender is quiet at night, the fridge keeps salad crisp for a week, and the new oven";
+    let inputs = ["Hi", "Once upon a time", shared, &format!("{shared} also"), "Write a haiku about rain on a tin roof in the early morning", "1, 2, 3, 5, 8, 13,", "def add(a, b):", "The capital of Japan is"];
+    let data: String = inputs.iter().enumerate().map(|(i, t)| format!("{}\n", serde_json::json!({"id": format!("c{i}"), "input": t, "expected": "x"}))).collect();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/eval.jsonl"), data).unwrap();
+    std::fs::write(
+        dir.path().join("tunegate.yaml"),
+        "version: 1\ntask:\n  name: t\n  kind: generation\nprompts:\n  - id: p\n    template: \"{{ input }}\"\nproviders:\n  - id: local:gemma-3-270m\n    params: { temperature: 0, max_tokens: 12 }\ndata:\n  eval: data/eval.jsonl\nassert:\n  - type: contains\n    value: x\n",
+    )
+    .unwrap();
+    let outputs = |concurrency: &str| -> Vec<(String, String)> {
+        let o = tg(&["eval", "--no-cache", "--no-progress", "--concurrency", concurrency, "--format", "json"], dir.path());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{:?}", text(&o)));
+        let mut r: Vec<(String, String)> = v["results"].as_array().unwrap().iter().map(|x| (x["case_id"].as_str().unwrap().to_string(), x["output"].as_str().unwrap_or_default().to_string())).collect();
+        r.sort();
+        r
+    };
+    let one = outputs("1");
+    assert_eq!(one.len(), inputs.len());
+    assert!(one.iter().all(|(_, o)| !o.is_empty()), "{one:?}");
+    for c in ["8", "3"] {
+        assert_eq!(outputs(c), one, "--concurrency {c} against 1");
+    }
+}

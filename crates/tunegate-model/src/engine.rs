@@ -147,6 +147,13 @@ fn lcp(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// How much of a cached prefix (`p`, `c`) a prompt `tokens` of
+/// `prompt_len` tokens can start from: the tokens they share, as far as
+/// the cache computed them with the prompt's own kernels.
+fn usable(p: &[u32], c: &KvCache, tokens: &[u32], prompt_len: usize) -> usize {
+    c.reusable_for(prompt_len, lcp(p, tokens).min(p.len()))
+}
+
 impl LocalModel {
     pub fn load(path: &Path) -> Result<LocalModel, ModelError> {
         Self::load_with_adapter(path, None)
@@ -169,10 +176,11 @@ impl LocalModel {
     }
 
     /// A cache holding the longest known prefix of `tokens` (always leaving
-    /// at least one token to run, whose logits we need).
+    /// at least one token to run, whose logits we need) that was computed
+    /// as this prompt would compute it, so that using it changes nothing.
     fn start_cache(&self, tokens: &[u32]) -> KvCache {
         let entries = self.prefixes.lock().unwrap();
-        let best = entries.iter().map(|(p, c)| (lcp(p, tokens).min(p.len()), c)).filter(|(l, _)| *l >= MIN_PREFIX).max_by_key(|(l, _)| *l);
+        let best = entries.iter().map(|(p, c)| (usable(p, c, tokens, tokens.len()), c)).filter(|(l, _)| *l >= MIN_PREFIX).max_by_key(|(l, _)| *l);
         match best {
             Some((l, c)) => {
                 let mut c = c.clone();
@@ -219,17 +227,19 @@ impl LocalModel {
         if l < MIN_PREFIX {
             return Ok(());
         }
-        let prefix = &prompts[0][..l];
+        // Computed as the first prompt computes it; prompts whose kernels
+        // differ there (another micro-batch split) prefill their own.
+        let (prefix, plen) = (&prompts[0][..l], prompts[0].len());
         {
             let entries = self.prefixes.lock().unwrap();
-            if entries.iter().any(|(p, _)| lcp(p, prefix) >= l) {
+            if entries.iter().any(|(p, c)| usable(p, c, prefix, plen) >= l) {
                 return Ok(());
             }
         }
         // Start from the longest known part of it, then run the rest.
         let mut cache = {
             let entries = self.prefixes.lock().unwrap();
-            let best = entries.iter().map(|(p, c)| (lcp(p, prefix).min(p.len()), c)).filter(|(k, _)| *k >= MIN_PREFIX).max_by_key(|(k, _)| *k);
+            let best = entries.iter().map(|(p, c)| (usable(p, c, prefix, plen), c)).filter(|(k, _)| *k >= MIN_PREFIX).max_by_key(|(k, _)| *k);
             match best {
                 Some((k, c)) => {
                     let mut c = c.clone();
@@ -241,7 +251,7 @@ impl LocalModel {
         while cache.len() < l {
             let start = cache.len();
             let n = (l - start).min(PREFILL_CHUNK);
-            let mut inputs = vec![SeqInput { tokens: &prefix[start..start + n], cache: &mut cache, all_logits: false }];
+            let mut inputs = vec![SeqInput { tokens: &prefix[start..start + n], cache: &mut cache, all_logits: false, prompt_len: plen }];
             self.model.forward(&mut inputs)?;
         }
         let mut entries = self.prefixes.lock().unwrap();
@@ -277,7 +287,7 @@ impl LocalModel {
             let mut inputs: Vec<SeqInput> = taken
                 .iter_mut()
                 .zip(&plan)
-                .map(|((_, c), (i, s, n))| SeqInput { tokens: &prompts[*i][*s..*s + *n], cache: c, all_logits: false })
+                .map(|((_, c), (i, s, n))| SeqInput { tokens: &prompts[*i][*s..*s + *n], cache: c, all_logits: false, prompt_len: prompts[*i].len() })
                 .collect();
             let logits = self.model.forward(&mut inputs)?;
             drop(inputs);
@@ -415,7 +425,7 @@ impl LocalModel {
             return Ok(finished);
         }
         let mut taken: Vec<KvCache> = feeds.iter().map(|(i, _, _)| std::mem::take(&mut d.live[*i].cache)).collect();
-        let mut inputs: Vec<SeqInput> = taken.iter_mut().zip(&feeds).map(|(c, (_, t, _))| SeqInput { tokens: t, cache: c, all_logits: false }).collect();
+        let mut inputs: Vec<SeqInput> = taken.iter_mut().zip(&feeds).map(|(c, (i, t, _))| SeqInput { tokens: t, cache: c, all_logits: false, prompt_len: d.live[*i].prompt.len() }).collect();
         let res = self.model.forward(&mut inputs);
         drop(inputs);
         for ((i, _, _), c) in feeds.iter().zip(taken) {
@@ -526,14 +536,14 @@ impl LocalModel {
         // Everything but each choice's last token goes through the model
         // (the first token's probability comes from the prompt's logits).
         let mut cs: Vec<KvCache> = vec![];
-        let mut feeds: Vec<&[u32]> = vec![];
+        let mut feeds: Vec<(&[u32], usize)> = vec![];
         for (ji, job) in conts.iter().enumerate() {
             for c in job.iter().filter(|c| c.len() > 1) {
                 cs.push(caches[ji].clone());
-                feeds.push(&c[..c.len() - 1]);
+                feeds.push((&c[..c.len() - 1], prompts[ji].len()));
             }
         }
-        let mut inputs: Vec<SeqInput> = cs.iter_mut().zip(&feeds).map(|(c, f)| SeqInput { tokens: f, cache: c, all_logits: true }).collect();
+        let mut inputs: Vec<SeqInput> = cs.iter_mut().zip(&feeds).map(|(c, (f, plen))| SeqInput { tokens: f, cache: c, all_logits: true, prompt_len: *plen }).collect();
         let outs = if inputs.is_empty() { vec![] } else { self.model.forward(&mut inputs)? };
         drop(inputs);
         let mut oi = 0;

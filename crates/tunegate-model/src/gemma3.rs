@@ -165,10 +165,14 @@ impl Proj {
         }
     }
 
-    fn forward(&self, x: &[f32], m: usize, device: &Device) -> candle_core::Result<Vec<f32>> {
+    /// `x` [m, k] times W^T; `tiled[r]`: row `r`'s k-quant path (see
+    /// [`numerics::Regime`]). Q8_0/Q5_0 products have one path; other
+    /// types go through candle, whose rows may depend on `m`.
+    fn forward(&self, x: &[f32], tiled: &[bool], device: &Device) -> candle_core::Result<Vec<f32>> {
+        let m = tiled.len();
         match self {
             Proj::Q8(w) => Ok(w.matmul(x, m)),
-            Proj::Kq(w) => Ok(w.matmul(x, m)),
+            Proj::Kq(w) => Ok(w.matmul_rows(x, tiled)),
             Proj::Candle(w) => {
                 let k = x.len() / m.max(1);
                 w.forward(&Tensor::from_slice(x, (m, k), device)?)?.flatten_all()?.to_vec1()
@@ -203,8 +207,68 @@ pub struct Gemma3 {
     pub tensor_types: Vec<(String, String)>,
     /// LoRA adapters applied on top of the quantized weights:
     /// (layer, module) -> (A [r, in], B [out, r]), and alpha / r.
-    lora: std::collections::BTreeMap<(usize, String), (Tensor, Tensor)>,
-    lora_scale: f64,
+    lora: std::collections::BTreeMap<(usize, String), LoraPair>,
+    lora_scale: f32,
+}
+
+/// One adapted projection as plain rows: A [r][in] and B transposed
+/// [r][out]. Applied row by row in a fixed order (not through a GEMM,
+/// whose blocking can change with the number of rows), so a row's result
+/// never depends on the other rows of its call.
+struct LoraPair {
+    a: Vec<f32>,
+    bt: Vec<f32>,
+    inp: usize,
+    out: usize,
+}
+
+impl LoraPair {
+    fn new(a: &Tensor, b: &Tensor) -> candle_core::Result<LoraPair> {
+        let (_, inp) = a.dims2()?;
+        let (out, _) = b.dims2()?;
+        let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bt = b.to_dtype(DType::F32)?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(LoraPair { a, bt, inp, out })
+    }
+
+    /// Adds `scale * B A x` to each row of `y` [m, out].
+    fn apply(&self, x: &[f32], scale: f32, y: &mut [f32]) {
+        let row = |(xr, yr): (&[f32], &mut [f32])| {
+            let u: Vec<f32> = self.a.chunks_exact(self.inp).map(|ar| dot(ar, xr)).collect();
+            let mut d = vec![0f32; self.out];
+            for (j, bj) in self.bt.chunks_exact(self.out).enumerate() {
+                for (o, b) in d.iter_mut().zip(bj) {
+                    *o += u[j] * b;
+                }
+            }
+            for (o, v) in yr.iter_mut().zip(&d) {
+                *o += v * scale;
+            }
+        };
+        if x.len() / self.inp >= 16 {
+            use rayon::prelude::*;
+            x.par_chunks_exact(self.inp).zip(y.par_chunks_exact_mut(self.out)).for_each(row);
+        } else {
+            x.chunks_exact(self.inp).zip(y.chunks_exact_mut(self.out)).for_each(row);
+        }
+    }
+}
+
+/// A dot product in 16 lanes then summed in order: vectorizes, and its
+/// order is fixed.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[i] += x * y;
+    }
+    acc.iter().sum()
 }
 
 /// The keys and values one sequence has seen, per layer, as f16 bits
@@ -214,11 +278,20 @@ pub struct KvCache {
     k: Vec<Vec<u16>>,
     v: Vec<Vec<u16>>,
     len: usize,
+    /// How each position was computed: a cached prefix is only reused by
+    /// a sequence that would compute those positions the same way.
+    regimes: Vec<numerics::Regime>,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        KvCache { k: vec![vec![]; n_layer], v: vec![vec![]; n_layer], len: 0 }
+        KvCache { k: vec![vec![]; n_layer], v: vec![vec![]; n_layer], len: 0, regimes: vec![] }
+    }
+    /// How many of the first positions hold what a sequence with a prompt
+    /// of `prompt_len` tokens would compute there itself (see
+    /// [`numerics::Regime::of_row`]), up to `n`.
+    pub fn reusable_for(&self, prompt_len: usize, n: usize) -> usize {
+        self.regimes.iter().take(n).enumerate().take_while(|(i, r)| **r == numerics::Regime::of_row(prompt_len, *i)).count()
     }
     /// Tokens already in the cache (the next token's position).
     pub fn len(&self) -> usize {
@@ -238,6 +311,7 @@ impl KvCache {
             t.truncate(n * width);
         }
         self.len = n;
+        self.regimes.truncate(n);
         Ok(())
     }
 }
@@ -249,6 +323,11 @@ pub struct SeqInput<'a> {
     /// Which of the new tokens need logits: the last (generation) or all
     /// (log-likelihood of a continuation).
     pub all_logits: bool,
+    /// The length of the sequence's prompt: positions below it are
+    /// computed as llama.cpp computes a prompt, the others as its decoding
+    /// steps, however the tokens are split across calls and whatever else
+    /// shares the call ([`numerics::Regime`]).
+    pub prompt_len: usize,
 }
 
 fn md_u64(c: &gguf_file::Content, k: &str) -> Option<u64> {
@@ -309,22 +388,20 @@ impl Gemma3 {
         let (r, alpha) = adapter_config(dir)?;
         let st = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&st, &self.device).map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
-        self.lora = check_adapter(&self.cfg, &st, r, &tensors)?;
-        self.lora_scale = alpha / r as f64;
+        let pairs = check_adapter(&self.cfg, &st, r, &tensors)?;
+        self.lora = pairs.iter().map(|(k, (a, b))| Ok((k.clone(), LoraPair::new(a, b)?))).collect::<candle_core::Result<_>>().map_err(ModelError::candle)?;
+        self.lora_scale = (alpha / r as f64) as f32;
         Ok(())
     }
 
-    /// A projection of `m` rows with its adapter, when there is one.
-    fn proj(&self, li: usize, name: &str, w: &Proj, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        let y = w.forward(x, m, &self.device)?;
-        match self.lora.get(&(li, name.to_string())) {
-            None => Ok(y),
-            Some((a, b)) => {
-                let xt = Tensor::from_slice(x, (m, x.len() / m), &self.device)?;
-                let d = (xt.matmul(&a.t()?)?.matmul(&b.t()?)? * self.lora_scale)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(y.iter().zip(&d).map(|(a, b)| a + b).collect())
-            }
+    /// A projection of rows with its adapter, when there is one; `tiled`
+    /// as in [`Proj::forward`].
+    fn proj(&self, li: usize, name: &str, w: &Proj, x: &[f32], tiled: &[bool]) -> candle_core::Result<Vec<f32>> {
+        let mut y = w.forward(x, tiled, &self.device)?;
+        if let Some(p) = self.lora.get(&(li, name.to_string())) {
+            p.apply(x, self.lora_scale, &mut y);
         }
+        Ok(y)
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -343,7 +420,7 @@ impl Gemma3 {
     #[doc(hidden)]
     pub fn hidden_after(&self, tokens: &[u32], n: usize) -> Result<Tensor, ModelError> {
         let mut cache = self.new_cache();
-        let mut seqs = [SeqInput { tokens, cache: &mut cache, all_logits: true }];
+        let mut seqs = [SeqInput { tokens, cache: &mut cache, all_logits: true, prompt_len: tokens.len() }];
         Ok(self.forward_inner(&mut seqs, n, true).map_err(ModelError::candle)?.remove(0))
     }
 
@@ -382,21 +459,24 @@ impl Gemma3 {
             return Ok(vec![]);
         }
         let mut x = self.embed_rows(&all)?; // [n, d]
-        // Per-sequence RoPE tables, shared by all layers.
+        // Per-sequence RoPE tables, shared by all layers, and each row's kernels.
         let mut per_seq = Vec::with_capacity(seqs.len());
+        let mut regimes = Vec::with_capacity(n);
         let mut off = 0;
         for s in seqs.iter() {
             let (past, l) = (s.cache.len, s.tokens.len());
             per_seq.push((off, l, past, numerics::rope_table(cfg.rope_base_global, hd, past, l), numerics::rope_table(cfg.rope_base_local, hd, past, l)));
+            regimes.extend((past..past + l).map(|p| numerics::Regime::of_row(s.prompt_len, p)));
             off += l;
         }
+        let tiled: Vec<bool> = regimes.iter().map(|r| r.tiled_products()).collect();
         let scale = cfg.attn_scale as f32;
         for (li, layer) in self.layers.iter().enumerate().take(n_layers) {
             let local = cfg.is_local(li);
             let h = numerics::rms_norm_rows(&x, &layer.norms.attn_norm, eps);
-            let mut q = self.proj(li, "q", &layer.wq, &h, n)?; // [n, nh*hd]
-            let mut k = self.proj(li, "k", &layer.wk, &h, n)?; // [n, nkv*hd]
-            let v = self.proj(li, "v", &layer.wv, &h, n)?;
+            let mut q = self.proj(li, "q", &layer.wq, &h, &tiled)?; // [n, nh*hd]
+            let mut k = self.proj(li, "k", &layer.wk, &h, &tiled)?; // [n, nkv*hd]
+            let v = self.proj(li, "v", &layer.wv, &h, &tiled)?;
             numerics::rms_norm_inplace(&mut q, &layer.norms.q_norm, eps);
             numerics::rms_norm_inplace(&mut k, &layer.norms.k_norm, eps);
             let mut attn = Vec::with_capacity(n * nh * hd);
@@ -422,25 +502,35 @@ impl Gemma3 {
                 s.cache.k[li].extend(numerics::to_f16_bits(k));
                 s.cache.v[li].extend(numerics::to_f16_bits(&v[off * nkv * hd..(off + l) * nkv * hd]));
                 let window = if local { Some(cfg.sliding_window) } else { None };
-                attn.extend(numerics::attention(q, l, past, &s.cache.k[li], &s.cache.v[li], heads, window));
+                // Runs of rows with the same attention path (a chunk can
+                // straddle a micro-batch boundary, or end the prompt).
+                let mut i = 0;
+                while i < l {
+                    let path = regimes[off + i].tiled_attention();
+                    let run = regimes[off + i..off + l].iter().take_while(|r| r.tiled_attention() == path).count();
+                    attn.extend(numerics::attention(&q[i * nh * hd..(i + run) * nh * hd], run, past + i, &s.cache.k[li], &s.cache.v[li], heads, window, path));
+                    i += run;
+                }
             }
-            let o = self.proj(li, "o", &layer.wo, &attn, n)?;
+            let o = self.proj(li, "o", &layer.wo, &attn, &tiled)?;
             let o = numerics::rms_norm_rows(&o, &layer.norms.post_attn_norm, eps);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
             let h = numerics::rms_norm_rows(&x, &layer.norms.ffn_norm, eps);
-            let g = self.proj(li, "gate", &layer.gate, &h, n)?;
-            let u = self.proj(li, "up", &layer.up, &h, n)?;
+            let g = self.proj(li, "gate", &layer.gate, &h, &tiled)?;
+            let u = self.proj(li, "up", &layer.up, &h, &tiled)?;
             let gu = numerics::geglu(&g, &u); // tanh-approximated GELU, as Gemma
-            let m = self.proj(li, "down", &layer.down, &gu, n)?;
+            let m = self.proj(li, "down", &layer.down, &gu, &tiled)?;
             let m = numerics::rms_norm_rows(&m, &layer.norms.post_ffn_norm, eps);
             for (a, b) in x.iter_mut().zip(&m) {
                 *a += b;
             }
         }
-        for s in seqs.iter_mut() {
-            s.cache.len += s.tokens.len();
+        for (si, s) in seqs.iter_mut().enumerate() {
+            let (off, l, ..) = per_seq[si];
+            s.cache.len += l;
+            s.cache.regimes.extend_from_slice(&regimes[off..off + l]);
         }
         if hidden {
             return Ok(vec![Tensor::from_vec(x, (n, d), &self.device)?]);
@@ -458,7 +548,8 @@ impl Gemma3 {
         }
         let xs: Vec<f32> = rows.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().copied()).collect();
         let xs = numerics::rms_norm_rows(&xs, &self.out_norm, eps);
-        let logits = self.lm_head.forward(&xs, rows.len(), &self.device)?;
+        let head_tiled: Vec<bool> = rows.iter().map(|&r| tiled[r]).collect();
+        let logits = self.lm_head.forward(&xs, &head_tiled, &self.device)?;
         let vocab = logits.len() / rows.len();
         let logits = Tensor::from_vec(logits, (rows.len(), vocab), &self.device)?;
         let mut out = Vec::with_capacity(seqs.len());

@@ -115,20 +115,29 @@ impl KqMatrix {
         m
     }
 
-    /// `x` [m, k] times W^T: [m, n].
+    /// `x` [m, k] times W^T: [m, n], each row by the path llama.cpp takes
+    /// for a call of `m` rows.
+    #[cfg(test)]
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_rows(x, &vec![m >= TILED_MIN_ROWS; m])
+    }
+
+    /// `x` [m, k] times W^T: [m, n], row `r` by the tiled path when
+    /// `tiled[r]`, else by vec_dot's. Each row's result depends on its own
+    /// values and path only, never on the other rows of the call.
+    pub(crate) fn matmul_rows(&self, x: &[f32], tiled: &[bool]) -> Vec<f32> {
+        let m = tiled.len();
         assert_eq!(x.len(), m * self.k);
         let qa = Q8K::new(x, m, self.k);
-        let tiled = m >= TILED_MIN_ROWS;
         let simd = has_vnni();
         let work = |t: usize, o: &mut [f32]| {
             for r in 0..m {
                 if simd {
                     // SAFETY: the CPU features were detected at run time.
-                    unsafe { vnni::tile_row(self, &qa, t, r, tiled, &mut o[r * TILE..(r + 1) * TILE]) };
+                    unsafe { vnni::tile_row(self, &qa, t, r, tiled[r], &mut o[r * TILE..(r + 1) * TILE]) };
                     continue;
                 }
-                let mut f = Finish::new(self.kind, tiled);
+                let mut f = Finish::new(self.kind, tiled[r]);
                 for b in 0..self.k / QK {
                     let mut lanes = [[0i32; TILE]; 8];
                     let mut mlanes = [[0i32; TILE]; 4];
@@ -447,6 +456,11 @@ mod tests {
             for m in [1usize, 9] {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
                 let got = w.matmul(&x, m);
+                if m >= TILED_MIN_ROWS {
+                    // A row computed alone by the same path is the same row.
+                    let alone = w.matmul_rows(&x[k..2 * k], &[true]);
+                    assert_eq!(alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got[n..2 * n].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                }
                 for r in 0..m {
                     for c in 0..n {
                         let exact: f32 = (0..k).map(|j| x[r * k + j] * deq[c * k + j]).sum();

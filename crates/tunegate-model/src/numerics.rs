@@ -153,12 +153,69 @@ pub(crate) struct Heads {
 /// f16 query and an f16 accumulator (ggml's `GGML_FA_TILE_Q`).
 pub(crate) const F32_PATH_ROWS: usize = 64;
 
+/// llama.cpp's default micro-batch (`n_ubatch`): a prompt is computed in
+/// calls of at most this many rows.
+pub(crate) const UBATCH: usize = 512;
+
+/// Which of llama.cpp's kernels compute one row. llama.cpp picks them by
+/// how many rows a call has (k-quant products tiled from 8 rows, attention
+/// tiled from 64), so a sequence's numbers change with whatever shares its
+/// call: under continuous batching, with timing. We pick per row from the
+/// sequence alone ([`Regime::of_row`]): what llama.cpp does when it runs
+/// that sequence by itself. A sequence's output is then the same at any
+/// concurrency (an eval gives the same answers however its cases were
+/// batched), and still llama.cpp's single-sequence output to the bit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Regime {
+    /// vec_dot products and per-row f16 attention (a call of < 8 rows).
+    Vec,
+    /// Tiled products, per-row f16 attention (8..64 rows).
+    TiledProducts,
+    /// Tiled products and tiled f32 attention (64 rows and more).
+    Tiled,
+}
+
+impl Regime {
+    /// The kernels llama.cpp uses for a call of `rows` rows.
+    pub(crate) fn of_call(rows: usize) -> Regime {
+        if rows >= F32_PATH_ROWS {
+            Regime::Tiled
+        } else if rows >= crate::kq::TILED_MIN_ROWS {
+            Regime::TiledProducts
+        } else {
+            Regime::Vec
+        }
+    }
+
+    /// The row at position `pos` of a sequence whose prompt has
+    /// `prompt_len` tokens, as llama.cpp computes it alone: the prompt in
+    /// micro-batches of [`UBATCH`] rows, then one token per call.
+    pub(crate) fn of_row(prompt_len: usize, pos: usize) -> Regime {
+        if pos >= prompt_len {
+            return Regime::of_call(1);
+        }
+        let start = pos / UBATCH * UBATCH;
+        Regime::of_call((prompt_len - start).min(UBATCH))
+    }
+
+    pub(crate) fn tiled_products(self) -> bool {
+        self != Regime::Vec
+    }
+
+    pub(crate) fn tiled_attention(self) -> bool {
+        self == Regime::Tiled
+    }
+}
+
 /// Attention of `l` new query rows (positions `past..past+l`, layout
 /// [l][n_head][dim], already normed, rotated and scaled) over a KV cache
-/// of f16 bits [t][n_kv][dim] that already holds the new rows. Causal, and
-/// limited to the last `window` positions when given. Returns [l][n_head*dim].
-pub(crate) fn attention(q: &[f32], l: usize, past: usize, kc: &[u16], vc: &[u16], h: Heads, window: Option<usize>) -> Vec<f32> {
-    if l >= F32_PATH_ROWS {
+/// of f16 bits [t][n_kv][dim] that holds at least the positions up to
+/// `past+l`. Causal, and limited to the last `window` positions when
+/// given. `tiled`: ggml's tiled f32 path, else its per-row f16 path (see
+/// [`Regime`]); each row's result depends on that choice and the cache
+/// only, never on `l`. Returns [l][n_head*dim].
+pub(crate) fn attention(q: &[f32], l: usize, past: usize, kc: &[u16], vc: &[u16], h: Heads, window: Option<usize>, tiled: bool) -> Vec<f32> {
+    if tiled {
         return attention_tiled(q, l, past, kc, vc, h, window);
     }
     let width = h.n_head * h.dim;
@@ -728,7 +785,7 @@ mod tests {
         let kc = f16s(t * 64, 11);
         let vc = f16s(t * 64, 12);
         let q: Vec<f32> = f16s(l * 2 * 64, 13).iter().map(|&b| f16::from_bits(b).to_f32() * 0.2).collect();
-        let out = attention(&q, l, past, &kc, &vc, h, Some(40));
+        let out = attention(&q, l, past, &kc, &vc, h, Some(40), true);
         for i in [0usize, 33, 69] {
             let p = past + i;
             for head in 0..2 {
@@ -803,7 +860,7 @@ mod tests {
         let kc = f16s(t * 64, 1);
         let vc = f16s(t * 64, 2);
         let q: Vec<f32> = f16s(2 * 4 * 64, 3).iter().map(|&b| f16::from_bits(b).to_f32() * 0.1).collect();
-        let out = attention(&q, 2, t - 2, &kc, &vc, h, Some(3));
+        let out = attention(&q, 2, t - 2, &kc, &vc, h, Some(3), false);
         for i in 0..2 {
             let p = t - 2 + i;
             for head in 0..4 {

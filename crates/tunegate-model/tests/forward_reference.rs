@@ -24,7 +24,7 @@ fn forward_matches_a_naive_reference() {
     let toks: Vec<u32> = vec![2, 5124, 236787, 3551, 3733, 691, 11055, 10911, 107, 18373, 236787];
     let model = Gemma3::load(std::path::Path::new(&p)).unwrap();
     let mut cache = model.new_cache();
-    let ours = model.forward(&mut [SeqInput { tokens: &toks, cache: &mut cache, all_logits: false }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
+    let ours = model.forward(&mut [SeqInput { tokens: &toks, cache: &mut cache, all_logits: false, prompt_len: toks.len() }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
 
     let dev = Device::Cpu;
     let mut f = std::fs::File::open(&p).unwrap();

@@ -28,7 +28,7 @@ fn greedy_tokens_match_llama_cpp() {
         let prompt: Vec<u32> = c["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let want: Vec<u32> = c["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let mut cache = model.new_cache();
-        let mut logits = model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, all_logits: false }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
+        let mut logits = model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, all_logits: false, prompt_len: prompt.len() }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
         for (id, l) in c["top5_first_step"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32)) {
             max_logit_diff = max_logit_diff.max((logits[id] - l).abs());
         }
@@ -36,7 +36,7 @@ fn greedy_tokens_match_llama_cpp() {
         for _ in 0..want.len() {
             let t = argmax(&logits);
             got.push(t);
-            logits = model.forward(&mut [SeqInput { tokens: &[t], cache: &mut cache, all_logits: false }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
+            logits = model.forward(&mut [SeqInput { tokens: &[t], cache: &mut cache, all_logits: false, prompt_len: prompt.len() }]).unwrap().remove(0).to_vec1::<f32>().unwrap();
         }
         if got == want {
             exact += 1;
