@@ -408,6 +408,33 @@ fn tiled_rows(qs: &[&[f32]], vis: &[(usize, usize)], kt: &[f32], vf: &[f32], dim
     acc
 }
 
+/// The sum of `exp(x - m)` over a row, `x <= m`: ggml's vectorized expf
+/// in 16 lanes, each 16 summed in a fixed tree and added in f64. The
+/// normalizer of a sampled token's log-probability, which every decoding
+/// step needs for every sequence over the whole vocabulary: libm's f64
+/// `exp` there took 13% of a step (262k calls); this is tens of times
+/// faster, within 2e-6 relative.
+pub(crate) fn sum_exp(x: &[f32], m: f32) -> f64 {
+    let simd = has_avx512();
+    let mut sum = 0f64;
+    let mut buf = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        buf.copy_from_slice(c);
+        if simd {
+            // SAFETY: AVX-512F was detected at run time.
+            unsafe { avx512::expf16(&mut buf, m) };
+        } else {
+            for v in buf.iter_mut() {
+                *v = v_expf(*v - m);
+            }
+        }
+        sum += reduce16(&buf) as f64;
+    }
+    sum + tail.iter().map(|&v| v_expf(v - m) as f64).sum::<f64>()
+}
+
 /// ggml's vectorized `expf` (`ggml_v_expf`, AVX-512 version), one lane:
 /// same constants, same fused operations, so the same bits.
 fn v_expf(x: f32) -> f32 {

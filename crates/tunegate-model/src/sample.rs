@@ -40,18 +40,23 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// log(sum(exp(logits))): what a log-probability subtracts. Computed at
+/// every decoding step of every sequence over the whole vocabulary, so
+/// with a vectorized exp ([`crate::numerics::sum_exp`]).
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    max as f64 + crate::numerics::sum_exp(logits, max).ln()
+}
+
 /// The log-probability of `id` under the distribution of `logits`.
 pub fn logprob(logits: &[f32], id: u32) -> f32 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| ((l as f64) - max).exp()).sum();
-    ((logits[id as usize] as f64) - max - sum.ln()) as f32
+    ((logits[id as usize] as f64) - log_sum_exp(logits)) as f32
 }
 
 /// The `n` most likely tokens under the unmodified distribution, with
 /// their log-probabilities, best first (ties to the lower id).
 pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| ((l as f64) - max).exp()).sum::<f64>().ln();
+    let lse = log_sum_exp(logits);
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
     for (i, &l) in logits.iter().enumerate() {
         if best.len() == n && l <= best[n - 1].1 {
@@ -136,5 +141,18 @@ mod tests {
         let lp = log_probs(&logits);
         let total: f32 = lp.iter().map(|x| x.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_fast_log_probability_agrees_with_the_exact_one() {
+        // A vocabulary-sized row with a wide range, plus a tail under 16.
+        let logits: Vec<f32> = (0..262_147u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) % 4000) as f32 * 0.01 - 25.0).collect();
+        let exact = log_probs(&logits);
+        for id in [0u32, 7, 131_071, 262_146] {
+            assert!((logprob(&logits, id) - exact[id as usize]).abs() < 1e-5, "{id}");
+        }
+        for (id, lp) in top_logprobs(&logits, 3) {
+            assert!((lp - exact[id as usize]).abs() < 1e-5);
+        }
     }
 }
