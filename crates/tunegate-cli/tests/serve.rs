@@ -110,7 +110,28 @@ fn serve_speaks_openai_and_survives_bad_clients() {
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
     assert_eq!(lp["text_offset"].as_array().unwrap().len(), n);
     assert!(lp["top_logprobs"].as_array().unwrap().iter().all(|t| t.as_object().unwrap().len() <= 2 && !t.as_object().unwrap().is_empty()));
-    for bad in [r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "stream": true}"#, r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#, r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#] {
+    // Streamed, the same log-probabilities come chunk by chunk (several
+    // chunks), and together equal the whole answer's, including the
+    // tokens of a stop sequence that the text never shows.
+    for (path, req) in [
+        ("/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "The capital of France is"}], "max_tokens": 12, "temperature": 0, "logprobs": true, "top_logprobs": 2, "stop": ["."]}"#),
+        ("/v1/completions", r#"{"prompt": "1, 2, 3,", "max_tokens": 10, "logprobs": 2, "stop": [", 7"]}"#),
+    ] {
+        let (st, whole) = http(p, "POST", path, Some("test-key"), req);
+        assert_eq!(st, 200, "{whole}");
+        let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
+        let (st, body) = http(p, "POST", path, Some("test-key"), &req.replacen('{', r#"{"stream": true, "#, 1));
+        assert_eq!(st, 200, "{body}");
+        let chunks: Vec<serde_json::Value> = body.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+        let lps: Vec<&serde_json::Value> = chunks.iter().map(|c| &c["choices"][0]["logprobs"]).filter(|l| !l.is_null()).collect();
+        assert!(lps.len() >= 2, "all in one chunk: {body}");
+        let keys: &[&str] = if path.contains("chat") { &["content"] } else { &["tokens", "token_logprobs", "top_logprobs", "text_offset"] };
+        for key in keys {
+            let got: Vec<serde_json::Value> = lps.iter().flat_map(|l| l[*key].as_array().cloned().unwrap_or_default()).collect();
+            assert_eq!(&got, whole["choices"][0]["logprobs"][*key].as_array().unwrap(), "{path} {key}: {body}");
+        }
+    }
+    for bad in [r#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#, r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}"#] {
         let (st, body) = http(p, "POST", "/v1/chat/completions", Some("test-key"), bad);
         assert_eq!(st, 400, "{bad}: {body}");
         assert!(body.contains("logprobs"), "{body}");

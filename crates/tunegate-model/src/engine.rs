@@ -84,8 +84,9 @@ impl Live {
     /// Hands `on_text` what is safe to send (`all` at the end of the
     /// sequence): text that could still become a stop sequence is held
     /// back, and undecodable partial bytes (U+FFFD) wait until complete.
-    /// False when the listener is gone.
-    fn flush(&mut self, all: bool, on_text: &mut dyn FnMut(u64, &str) -> bool) -> bool {
+    /// The listener also sees the generation so far (the tokens behind
+    /// the text, with their log-probabilities). False when it is gone.
+    fn flush(&mut self, all: bool, on_text: &mut dyn FnMut(u64, &str, &Generation) -> bool) -> bool {
         let text = &self.gen.text;
         let hold = if all { 0 } else { self.params.stop.iter().map(|s| s.len()).max().unwrap_or(0) };
         let mut end = text.len().saturating_sub(hold);
@@ -93,7 +94,7 @@ impl Live {
             end -= 1;
         }
         if end > self.emitted && !text[self.emitted..end].ends_with('\u{FFFD}') {
-            let ok = on_text(self.key, &text[self.emitted..end]);
+            let ok = on_text(self.key, &text[self.emitted..end], &self.gen);
             self.emitted = end;
             return ok;
         }
@@ -327,7 +328,7 @@ impl LocalModel {
             d.live.push(Live::new(i as u64, prompt, params, cache, Some(logits)));
         }
         let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
-        let mut on_key = |k: u64, delta: &str| on_text(k as usize, delta);
+        let mut on_key = |k: u64, delta: &str, _: &Generation| on_text(k as usize, delta);
         while !d.is_empty() {
             for (k, g) in self.step(&mut d, 0, &mut on_key)? {
                 out[k as usize] = Some(g);
@@ -381,9 +382,9 @@ impl LocalModel {
     /// prefilled (in the order they joined; a whole [`PREFILL_CHUNK`] when
     /// none is decoding). So a long prompt never stalls the others for
     /// longer than one chunk, and a short request never waits for a long
-    /// one to finish. `on_text(key, delta)` as in
+    /// one to finish. `on_text(key, delta, generation so far)` as in
     /// [`Self::generate_batch_stream`].
-    pub fn step(&self, d: &mut Decoder, prefill_budget: usize, on_text: &mut dyn FnMut(u64, &str) -> bool) -> Result<Vec<(u64, Generation)>, ModelError> {
+    pub fn step(&self, d: &mut Decoder, prefill_budget: usize, on_text: &mut dyn FnMut(u64, &str, &Generation) -> bool) -> Result<Vec<(u64, Generation)>, ModelError> {
         let ctx = self.model.cfg.context_length;
         let mut finished = vec![];
         let mut next: Vec<Option<u32>> = vec![None; d.live.len()];
@@ -449,7 +450,7 @@ impl LocalModel {
 
     /// Picks a sequence's next token from its logits: Some(token) to feed
     /// it on, None when the sequence is finished (its reason set).
-    fn advance(&self, s: &mut Live, ctx: usize, on_text: &mut dyn FnMut(u64, &str) -> bool) -> Option<u32> {
+    fn advance(&self, s: &mut Live, ctx: usize, on_text: &mut dyn FnMut(u64, &str, &Generation) -> bool) -> Option<u32> {
         let logits = s.logits.take().unwrap_or_default();
         let params = &s.params;
         // A whole label is a stop, not a truncation.

@@ -71,7 +71,7 @@ fn staggered(m: &LocalModel, ps: &[Vec<u32>], order: &[usize], every: usize, bud
             }
             next += 1;
         }
-        for (k, g) in m.step(&mut d, budget, &mut |_, _| true).unwrap() {
+        for (k, g) in m.step(&mut d, budget, &mut |_, _, _| true).unwrap() {
             out[k as usize] = Some(g);
         }
         step += 1;

@@ -33,15 +33,34 @@ pub struct Completion {
     pub top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
+/// A piece of a streamed answer: new text, and the tokens generated since
+/// the previous piece with their log-probabilities (and alternatives when
+/// asked for), so a stream can carry OpenAI's per-chunk `logprobs`. Tokens
+/// still held back at the end (a stop sequence) come with the completion.
+#[derive(Debug, Clone, Default)]
+pub struct Piece {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
+}
+
+impl Piece {
+    fn new(text: &str, g: &Generation, from: usize) -> Piece {
+        let from = from.min(g.tokens.len());
+        Piece { text: text.to_string(), tokens: g.tokens[from..].to_vec(), logprobs: g.logprobs[from..].to_vec(), top_logprobs: g.top_logprobs.get(from..).map(<[_]>::to_vec).unwrap_or_default() }
+    }
+}
+
 /// One request to the model thread.
 pub struct Job {
     pub tokens: Vec<u32>,
     pub params: GenParams,
     /// Score these continuations instead of generating; the best one wins.
     pub choices: Option<Vec<String>>,
-    /// Receives text as it is generated (streaming); dropping the receiver
-    /// stops the generation.
-    pub stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Receives the answer piece by piece as it is generated (streaming);
+    /// dropping the receiver stops the generation.
+    pub stream: Option<tokio::sync::mpsc::UnboundedSender<Piece>>,
     pub reply: tokio::sync::oneshot::Sender<Result<Completion, String>>,
 }
 
@@ -146,7 +165,7 @@ impl LocalEngine {
     }
 
     /// Generates (or scores `choices`) for a text prompt.
-    pub async fn complete(&self, text: &str, params: GenParams, choices: Option<Vec<String>>, stream: Option<tokio::sync::mpsc::UnboundedSender<String>>) -> Result<Completion, ProviderError> {
+    pub async fn complete(&self, text: &str, params: GenParams, choices: Option<Vec<String>>, stream: Option<tokio::sync::mpsc::UnboundedSender<Piece>>) -> Result<Completion, ProviderError> {
         let tokens = self.model.tokenizer.encode(text, true, false);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(Job { tokens, params, choices, stream, reply: tx })?;
@@ -168,6 +187,8 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>, load: Arc<Load>) {
     let mut d = Decoder::default();
     let mut waiting: std::collections::VecDeque<Job> = Default::default();
     let mut live: HashMap<u64, Job> = HashMap::new();
+    // Per streaming sequence: how many of its tokens went out with pieces.
+    let mut streamed: HashMap<u64, usize> = HashMap::new();
     let mut next_key = 0u64;
     loop {
         if d.is_empty() && waiting.is_empty() {
@@ -200,7 +221,7 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>, load: Arc<Load>) {
         while !scoring.is_empty() {
             let chunk: Vec<Job> = scoring.drain(..scoring.len().min(MAX_BATCH)).collect();
             let asks: Vec<Ask> = chunk.iter().map(|j| Ask { tokens: j.tokens.clone(), params: j.params.clone(), choices: j.choices.clone() }).collect();
-            let answers = answer_batch(&model, &asks, &mut |i: usize, delta: &str| chunk[i].stream.as_ref().is_none_or(|s| s.send(delta.to_string()).is_ok()));
+            let answers = answer_batch(&model, &asks, &mut |i: usize, delta: &str| chunk[i].stream.as_ref().is_none_or(|s| s.send(Piece { text: delta.to_string(), ..Default::default() }).is_ok()));
             for (j, r) in chunk.into_iter().zip(answers) {
                 let _ = j.reply.send(r);
             }
@@ -225,7 +246,11 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>, load: Arc<Load>) {
         if d.is_empty() {
             continue;
         }
-        let mut on_text = |k: u64, delta: &str| live.get(&k).and_then(|j| j.stream.as_ref()).is_none_or(|s| s.send(delta.to_string()).is_ok());
+        let mut on_text = |k: u64, delta: &str, g: &Generation| {
+            let Some(s) = live.get(&k).and_then(|j| j.stream.as_ref()) else { return true };
+            let from = streamed.insert(k, g.tokens.len()).unwrap_or(0);
+            s.send(Piece::new(delta, g, from)).is_ok()
+        };
         match model.step(&mut d, PREFILL_PER_STEP, &mut on_text) {
             Ok(done) => {
                 for (k, g) in done {
@@ -241,6 +266,7 @@ fn serve(model: Arc<LocalModel>, rx: mpsc::Receiver<Job>, load: Arc<Load>) {
                 }
             }
         }
+        streamed.retain(|k, _| live.contains_key(k));
         load.set(d.len(), waiting.len());
     }
 }

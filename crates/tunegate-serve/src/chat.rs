@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tunegate_model::engine::GenParams;
 use tunegate_model::sample::SamplingParams;
-use tunegate_providers::local::{Completion, Job, LocalEngine};
+use tunegate_providers::local::{Completion, Job, LocalEngine, Piece};
 
 use crate::http::{authorize, read_body, ApiError};
 use crate::AppState;
@@ -225,9 +225,6 @@ pub fn parse_request(model_id: &str, served: &dyn Fn(&str) -> Option<PathBuf>, b
     } else {
         int(&v, "logprobs", 0, 5)?.map(|n| n as usize)
     };
-    if stream && logprobs.is_some() {
-        return Err(ApiError::invalid("logprobs", "unsupported_value", "`logprobs` with `stream: true` is not supported; request without streaming"));
-    }
     if echo && logprobs.is_some() {
         return Err(ApiError::invalid("echo", "unsupported_value", "`echo` with `logprobs` is not supported (the prompt's log-probabilities are not computed)"));
     }
@@ -326,7 +323,7 @@ async fn handle(state: Arc<AppState>, req: Request, chat: bool) -> Result<Respon
             .iter()
             .zip(&done)
             .map(|(s, c)| {
-                let lp = if p.logprobs.is_some() { logprobs_json(&engine, c, chat) } else { Value::Null };
+                let lp = if p.logprobs.is_some() { logprobs_json(&engine, &c.tokens, &c.logprobs, &c.top_logprobs, chat, 0) } else { Value::Null };
                 if chat {
                     json!({"index": s.index, "message": {"role": "assistant", "content": c.text, "refusal": null}, "logprobs": lp, "finish_reason": c.finish_reason})
                 } else {
@@ -365,18 +362,18 @@ impl Meta {
         }
         format!("data: {c}\n\n")
     }
-    fn choice(&self, index: usize, delta: Option<Value>, finish: Option<&str>) -> Value {
+    fn choice(&self, index: usize, delta: Option<Value>, logprobs: Value, finish: Option<&str>) -> Value {
         if self.chat {
-            json!({"index": index, "delta": delta.unwrap_or(json!({})), "logprobs": null, "finish_reason": finish})
+            json!({"index": index, "delta": delta.unwrap_or(json!({})), "logprobs": logprobs, "finish_reason": finish})
         } else {
-            json!({"index": index, "text": delta.and_then(|d| d.get("content").cloned()).unwrap_or(json!("")), "logprobs": null, "finish_reason": finish})
+            json!({"index": index, "text": delta.and_then(|d| d.get("content").cloned()).unwrap_or(json!("")), "logprobs": logprobs, "finish_reason": finish})
         }
     }
 }
 
 /// What one sequence reports to the merged stream.
 enum Ev {
-    Delta(String),
+    Delta(Piece),
     Done(Result<Completion, String>),
 }
 
@@ -388,7 +385,7 @@ fn stream(engine: Arc<LocalEngine>, seqs: Vec<Seq>, p: Parsed, meta: Meta, promp
     let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel::<(usize, Ev)>();
     let mut failed = None;
     for s in &seqs {
-        let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
         let (rtx, rrx) = tokio::sync::oneshot::channel();
         if let Err(e) = engine.submit(Job { tokens: s.tokens.clone(), params: s.gen.clone(), choices: None, stream: Some(dtx), reply: rtx }) {
             failed = Some(e.to_string());
@@ -407,6 +404,7 @@ fn stream(engine: Arc<LocalEngine>, seqs: Vec<Seq>, p: Parsed, meta: Meta, promp
     }
     drop(etx);
     let echo: Vec<Option<String>> = seqs.iter().map(|s| p.echo.then(|| p.prompts[s.prompt].clone())).collect();
+    let seqs_n = seqs.len();
     let body = async_stream(move |tx| async move {
         let _permits = permits;
         if let Some(e) = failed {
@@ -416,17 +414,41 @@ fn stream(engine: Arc<LocalEngine>, seqs: Vec<Seq>, p: Parsed, meta: Meta, promp
         let extra_usage = p.include_usage.then_some(Value::Null);
         for (i, e) in echo.into_iter().enumerate() {
             let delta = if meta.chat { Some(json!({"role": "assistant", "content": ""})) } else { e.map(|t| json!({"content": t})) };
-            if delta.is_some() && tx.send(Ok(meta.chunk(json!([meta.choice(i, delta, None)]), extra_usage.clone()))).await.is_err() {
+            if delta.is_some() && tx.send(Ok(meta.chunk(json!([meta.choice(i, delta, Value::Null, None)]), extra_usage.clone()))).await.is_err() {
                 return;
             }
         }
         let mut completion_tokens = 0;
+        // Per choice: tokens whose log-probabilities went out, and their
+        // bytes (the legacy endpoint's `text_offset`).
+        let mut sent = vec![(0usize, 0usize); seqs_n];
         while let Some((i, ev)) = erx.recv().await {
+            // The log-probabilities of tokens[from..], after those already sent.
+            let lp = |tokens: &[u32], lps: &[f32], tops: &[Vec<(u32, f32)>], from: usize, at: &mut (usize, usize)| -> Value {
+                if p.logprobs.is_none() {
+                    return Value::Null;
+                }
+                let from = from.min(tokens.len());
+                let v = logprobs_json(&engine, &tokens[from..], &lps[from..], tops.get(from..).unwrap_or_default(), meta.chat, at.1);
+                at.0 += tokens.len() - from;
+                at.1 += tokens[from..].iter().map(|&t| engine.model.tokenizer.token_to_piece(t, false).len()).sum::<usize>();
+                v
+            };
             let msg = match ev {
-                Ev::Delta(d) => meta.chunk(json!([meta.choice(i, Some(json!({"content": d})), None)]), extra_usage.clone()),
+                Ev::Delta(d) => {
+                    let l = lp(&d.tokens, &d.logprobs, &d.top_logprobs, 0, &mut sent[i]);
+                    meta.chunk(json!([meta.choice(i, Some(json!({"content": d.text})), l, None)]), extra_usage.clone())
+                }
                 Ev::Done(Ok(c)) => {
                     completion_tokens += c.completion_tokens;
-                    meta.chunk(json!([meta.choice(i, None, Some(&c.finish_reason))]), extra_usage.clone())
+                    // Tokens no piece carried (held back for a stop sequence).
+                    let mut msg = String::new();
+                    if p.logprobs.is_some() && c.tokens.len() > sent[i].0 {
+                        let from = sent[i].0;
+                        let l = lp(&c.tokens, &c.logprobs, &c.top_logprobs, from, &mut sent[i]);
+                        msg = meta.chunk(json!([meta.choice(i, Some(json!({"content": ""})), l, None)]), extra_usage.clone());
+                    }
+                    msg + &meta.chunk(json!([meta.choice(i, None, Value::Null, Some(&c.finish_reason))]), extra_usage.clone())
                 }
                 Ev::Done(Err(e)) => format!("data: {}\n\n", ApiError::server(e).body()),
             };
@@ -446,20 +468,21 @@ fn stream(engine: Arc<LocalEngine>, seqs: Vec<Seq>, p: Parsed, meta: Meta, promp
         .unwrap_or_else(|_| ApiError::server("cannot build the stream").into_response())
 }
 
-/// OpenAI's `logprobs` object for a completion: per-token entries for chat,
-/// parallel arrays for the legacy completions endpoint.
-fn logprobs_json(engine: &LocalEngine, c: &tunegate_providers::local::Completion, chat: bool) -> Value {
+/// OpenAI's `logprobs` object for generated tokens (a whole completion, or
+/// the tokens of one streamed chunk): per-token entries for chat, parallel
+/// arrays for the legacy completions endpoint, whose `text_offset` starts
+/// at `offset` bytes into the completion.
+fn logprobs_json(engine: &LocalEngine, tokens: &[u32], logprobs: &[f32], top_logprobs: &[Vec<(u32, f32)>], chat: bool, offset: usize) -> Value {
     let tok = &engine.model.tokenizer;
     let piece = |id: u32| -> (String, Vec<u8>) {
         let b = tok.token_to_piece(id, false).to_vec();
         (String::from_utf8_lossy(&b).into_owned(), b)
     };
-    let top = |i: usize| -> Vec<(String, Vec<u8>, f32)> { c.top_logprobs.get(i).map(|t| t.iter().map(|&(id, lp)| { let (s, b) = piece(id); (s, b, lp) }).collect()).unwrap_or_default() };
+    let top = |i: usize| -> Vec<(String, Vec<u8>, f32)> { top_logprobs.get(i).map(|t| t.iter().map(|&(id, lp)| { let (s, b) = piece(id); (s, b, lp) }).collect()).unwrap_or_default() };
     if chat {
-        let content: Vec<Value> = c
-            .tokens
+        let content: Vec<Value> = tokens
             .iter()
-            .zip(&c.logprobs)
+            .zip(logprobs)
             .enumerate()
             .map(|(i, (&id, &lp))| {
                 let (s, b) = piece(id);
@@ -468,16 +491,16 @@ fn logprobs_json(engine: &LocalEngine, c: &tunegate_providers::local::Completion
             .collect();
         json!({"content": content, "refusal": null})
     } else {
-        let mut offset = 0usize;
-        let (mut tokens, mut offsets) = (vec![], vec![]);
-        for &id in &c.tokens {
+        let mut offset = offset;
+        let (mut texts, mut offsets) = (vec![], vec![]);
+        for &id in tokens {
             let (s, b) = piece(id);
             offsets.push(offset);
             offset += b.len();
-            tokens.push(s);
+            texts.push(s);
         }
-        let tops: Vec<Value> = (0..c.tokens.len()).map(|i| Value::Object(top(i).into_iter().map(|(s, _, lp)| (s, json!(lp))).collect())).collect();
-        json!({"tokens": tokens, "token_logprobs": c.logprobs, "top_logprobs": if c.top_logprobs.is_empty() { Value::Null } else { json!(tops) }, "text_offset": offsets})
+        let tops: Vec<Value> = (0..tokens.len()).map(|i| Value::Object(top(i).into_iter().map(|(s, _, lp)| (s, json!(lp))).collect())).collect();
+        json!({"tokens": texts, "token_logprobs": logprobs, "top_logprobs": if top_logprobs.is_empty() { Value::Null } else { json!(tops) }, "text_offset": offsets})
     }
 }
 

@@ -49,6 +49,12 @@ r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, log
 lp = r.choices[0].logprobs.content
 check(len(lp) == r.usage.completion_tokens and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lp), f"logprobs: {lp}")
 
+# Streamed log-probabilities: chunk by chunk, together the same as the whole answer's (greedy).
+whole = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+parts = [c for c in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2, stream=True) if c.choices and c.choices[0].logprobs]
+streamed = [t for c in parts for t in (c.choices[0].logprobs.content or [])]
+check([(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in streamed] == [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in whole.choices[0].logprobs.content], f"stream logprobs: {streamed} vs {whole.choices[0].logprobs.content}")
+
 # Streaming with usage.
 chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, stream=True, stream_options={"include_usage": True}))
 text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
