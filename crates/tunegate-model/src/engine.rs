@@ -176,17 +176,17 @@ impl LocalModel {
         self.tokenizer.encode(text, true, true)
     }
 
-    /// A cache holding the longest known prefix of `tokens` (always leaving
-    /// at least one token to run, whose logits we need) that was computed
-    /// as this prompt would compute it, so that using it changes nothing.
-    fn start_cache(&self, tokens: &[u32]) -> KvCache {
+    /// A cache holding the longest known prefix of a prompt's `tokens`
+    /// (at most `at_most` of them) that was computed as a prompt of
+    /// `prompt_len` tokens would compute it, so that using it changes
+    /// nothing; an empty cache when none is known.
+    fn cached_prefix(&self, tokens: &[u32], prompt_len: usize, at_most: usize) -> KvCache {
         let entries = self.prefixes.lock().unwrap();
-        let best = entries.iter().map(|(p, c)| (usable(p, c, tokens, tokens.len()), c)).filter(|(l, _)| *l >= MIN_PREFIX).max_by_key(|(l, _)| *l);
+        let best = entries.iter().map(|(p, c)| (usable(p, c, tokens, prompt_len), c)).filter(|(l, _)| *l >= MIN_PREFIX).max_by_key(|(l, _)| *l);
         match best {
             Some((l, c)) => {
                 let mut c = c.clone();
-                let keep = l.min(tokens.len() - 1);
-                if c.truncate(keep).is_ok() {
+                if c.truncate(l.min(at_most)).is_ok() {
                     c
                 } else {
                     self.model.new_cache()
@@ -194,6 +194,12 @@ impl LocalModel {
             }
             None => self.model.new_cache(),
         }
+    }
+
+    /// Where a prompt starts: its longest known prefix, always leaving at
+    /// least one token to run (whose logits we need).
+    fn start_cache(&self, tokens: &[u32]) -> KvCache {
+        self.cached_prefix(tokens, tokens.len(), tokens.len() - 1)
     }
 
     fn remember_prefix(&self, tokens: &[u32], cache: &KvCache, other: &[u32]) {
@@ -238,17 +244,7 @@ impl LocalModel {
             }
         }
         // Start from the longest known part of it, then run the rest.
-        let mut cache = {
-            let entries = self.prefixes.lock().unwrap();
-            let best = entries.iter().map(|(p, c)| (usable(p, c, prefix, plen), c)).filter(|(k, _)| *k >= MIN_PREFIX).max_by_key(|(k, _)| *k);
-            match best {
-                Some((k, c)) => {
-                    let mut c = c.clone();
-                    if c.truncate(k).is_ok() { c } else { self.model.new_cache() }
-                }
-                None => self.model.new_cache(),
-            }
-        };
+        let mut cache = self.cached_prefix(prefix, plen, l);
         while cache.len() < l {
             let start = cache.len();
             let n = (l - start).min(PREFILL_CHUNK);
